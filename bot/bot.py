@@ -1,0 +1,56 @@
+"""The Bot subclass: holds the database, the model server and the active-version tracker,
+and loads one extension per feature."""
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord.ext import commands
+
+from guildtune.settings import Settings
+from serving.protocol import ModelServer
+from serving.version_tracker import ActiveVersionTracker
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.cogs.teach", "bot.cogs.ask", "bot.cogs.review", "bot.cogs.admin", "bot.cogs.privacy")
+
+
+def default_intents(message_content: bool = True) -> discord.Intents:
+    """Guilds, messages and reactions; message content (privileged) for reaction capture."""
+    intents = discord.Intents.default()
+    intents.message_content = message_content
+    intents.members = False
+    return intents
+
+
+class GuildtuneBot(commands.Bot):
+    def __init__(self, *, db: Database, server: ModelServer, settings: Settings,
+                 tracker: ActiveVersionTracker | None = None, message_content: bool = True):
+        super().__init__(command_prefix=commands.when_mentioned, intents=default_intents(message_content),
+                         chunk_guilds_at_startup=False,
+                         allowed_mentions=discord.AllowedMentions.none(), help_command=None)
+        self.db = db
+        self.server = server
+        self.settings = settings
+        self.tracker = tracker or ActiveVersionTracker(db, server, poll_s=settings.version_poll_s)
+        self.message_content_enabled = message_content
+
+    async def setup_hook(self) -> None:
+        for ext in EXTENSIONS:
+            await self.load_extension(ext)
+        await self.tracker.start()
+        if self.settings.dev_guild_id:
+            guild = discord.Object(self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def close(self) -> None:
+        await self.tracker.stop()
+        await super().close()
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s in %d guild(s)", self.user, len(self.guilds))

@@ -1,0 +1,1 @@
+"""Model servers: one `ModelServer` protocol, an in-process and an Ollama implementation."""

@@ -1,0 +1,252 @@
+"""The torch half of the in-process server: loading, adapter checks, prompts, streamed generation.
+
+`serving.local_server` imports this module only inside its worker thread, so the bot process
+pays for torch and transformers only once it really answers from a local model.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from serving.protocol import GenerationOptions, ModelServerError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# Architecture fields that must agree between the base an adapter was trained on and ours.
+_SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
+                 "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+def pick_device(device: str) -> str:
+    """`auto` means CUDA when there is a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def load_base(model_dir: str, device: str) -> tuple[Any, Any]:
+    """Load the base model and its tokenizer once; a clear error says what the folder lacks."""
+    folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        raise ModelServerError(
+            f"The base model folder {folder} has no config.json. Point the local server at a Hugging Face "
+            "model folder (the embedded model is prepared by `guildtune` on first use)."
+        )
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelServerError(f"Could not load the base model from {folder}: {exc}") from exc
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelServerError(
+            f"The tokenizer in {folder} has no chat template, so questions cannot be formatted for the "
+            "model. Save the model folder with its chat template (tokenizer_config.json `chat_template`)."
+        )
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def adapter_problem(model: Any, adapter_dir: str) -> str | None:
+    """Why this PEFT adapter folder cannot be served beside `model` (None when it can).
+
+    Checks the files, the JSON, the base the adapter was trained on (when that folder is at hand)
+    and every tensor's shape against our base's modules, so a wrong-base adapter is refused with a
+    message instead of a size-mismatch traceback.
+    """
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        return f"the adapter folder {folder} does not exist"
+    config_path = folder / ADAPTER_CONFIG
+    if not config_path.is_file():
+        return f"the adapter folder {folder} has no {ADAPTER_CONFIG} (save it with PeftModel.save_pretrained)"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{config_path} is not valid JSON ({exc})"
+    if not isinstance(config, dict) or "peft_type" not in config:
+        return f"{config_path} is not a PEFT adapter config (it has no peft_type)"
+    weights = next((folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()), None)
+    if weights is None:
+        return f"the adapter folder {folder} has no {ADAPTER_WEIGHTS[0]}"
+
+    trained_on = config.get("base_model_name_or_path")
+    if trained_on and (Path(trained_on) / "config.json").is_file():
+        try:
+            theirs = json.loads((Path(trained_on) / "config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            theirs = None
+        if isinstance(theirs, dict):
+            ours = model.config.to_dict()
+            ours_text = ours.get("text_config") or ours
+            theirs_text = theirs.get("text_config") or theirs
+            for key in _SHAPE_FIELDS:
+                if key in theirs_text and key in ours_text and theirs_text[key] != ours_text[key]:
+                    return (f"the adapter was trained on a different base model ({trained_on}: {key}="
+                            f"{theirs_text[key]}, ours has {ours_text[key]})")
+
+    try:
+        shapes = _tensor_shapes(weights)
+    except Exception as exc:  # a truncated or foreign file: safetensors/torch raise many types
+        return f"{weights} cannot be read ({type(exc).__name__}: {exc}); it may be truncated or corrupt"
+    if not shapes:
+        return f"{weights} holds no tensors"
+    return _shape_problem(model, shapes, trained_on)
+
+
+def _tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def _shape_problem(model: Any, shapes: dict[str, tuple[int, ...]], trained_on: str | None) -> str | None:
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    base_name = f" ({trained_on})" if trained_on else ""
+    for key, shape in shapes.items():
+        name = key.removeprefix("base_model.model.")
+        for marker, expect in ((".lora_A.", "in"), (".lora_B.", "out"),
+                               (".lora_embedding_A", "in"), (".lora_embedding_B", "out")):
+            if marker in name:
+                module_name = name.split(marker)[0]
+                module = modules.get(module_name)
+                if module is None:
+                    return (f"the adapter targets `{module_name}`, which this base model does not have: it was "
+                            f"trained on a different base{base_name}")
+                size = _module_size(module, expect)
+                axis = 1 if expect == "in" else 0
+                if marker.startswith(".lora_embedding"):
+                    axis = 1 - axis  # embedding LoRA stores A as (r, vocab) and B as (dim, r)
+                if size is not None and len(shape) == 2 and shape[axis] != size:
+                    return (f"the adapter's `{name}` has shape {list(shape)} but this base model's "
+                            f"`{module_name}` has {expect}put size {size}: it was trained on a different "
+                            f"base{base_name}")
+                break
+        else:
+            if name in params and tuple(params[name].shape) != shape:
+                return (f"the adapter's `{name}` has shape {list(shape)} but this base model's has "
+                        f"{list(params[name].shape)}: it was trained on a different base{base_name}")
+    return None
+
+
+def _module_size(module: Any, side: str) -> int | None:
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features if side == "in" else module.out_features
+    if isinstance(module, torch.nn.Embedding):
+        return module.num_embeddings if side == "in" else module.embedding_dim
+    return None
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]], device: str) -> dict[str, Any]:
+    """Chat messages → input tensors through the tokenizer's own chat template."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
+
+
+def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    """EOS plus Gemma's `<end_of_turn>` (and any EOS the model's generation config names)."""
+    ids: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
+    vocab = tokenizer.get_vocab()
+    for token in ("<end_of_turn>", "<eos>"):
+        if token in vocab:
+            candidates.append(vocab[token])
+    for item in candidates:
+        for value in item if isinstance(item, (list, tuple)) else [item]:
+            if isinstance(value, int) and value not in ids:
+                ids.append(value)
+    return ids
+
+
+def sampling_kwargs(options: GenerationOptions) -> dict[str, Any]:
+    """The guild's sampling knobs as `generate` arguments; temperature 0 means greedy decoding."""
+    if options.temperature <= 0:
+        return {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+    return {"do_sample": True, "temperature": float(options.temperature),
+            "top_k": int(options.top_k) if options.top_k > 0 else None, "top_p": float(options.top_p)}
+
+
+class StopWhenAsked(StoppingCriteria):
+    """Ends generation at the next token once the consumer went away or timed out."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class PieceStreamer(BaseStreamer):
+    """Hands each generated token's new text to `emit` (possibly "", which still proves progress).
+
+    Decodes the whole answer so far and sends the new tail, holding back a tail that ends in a
+    half-decoded multi-byte character.
+    """
+
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.emit = emit
+        self.ids: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt itself
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            self.emit("")
+            return
+        self.emit(text[self.sent:])
+        self.sent = max(self.sent, len(text))
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(text) > self.sent:
+            self.emit(text[self.sent:])
+            self.sent = len(text)
+
+
+def generate(model: Any, tokenizer: Any, device: str, messages: list[dict[str, str]],
+             options: GenerationOptions, stop: threading.Event, emit: Callable[[str], None]) -> None:
+    """Run one answer to the end (or until `stop` is set), streaming text through `emit`."""
+    inputs = render_prompt(tokenizer, messages, device)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and inputs["input_ids"].shape[1] + options.max_tokens > limit:
+        raise ModelServerError(
+            f"The conversation is too long for the model ({inputs['input_ids'].shape[1]} prompt tokens + "
+            f"{options.max_tokens} answer tokens > {limit}). Ask with fewer turns or a shorter question."
+        )
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.inference_mode():
+        model.generate(
+            **inputs,
+            max_new_tokens=options.max_tokens,
+            eos_token_id=stop_token_ids(tokenizer, model),
+            pad_token_id=pad,
+            streamer=PieceStreamer(tokenizer, emit),
+            stopping_criteria=StoppingCriteriaList([StopWhenAsked(stop)]),
+            **sampling_kwargs(options),
+        )

@@ -1,0 +1,7 @@
+"""SQLite storage: schema, migrations, typed records and per-guild repositories.
+
+The only channel between the bot and the trainer. Knows nothing of Discord or torch.
+"""
+from storage.db import Database
+
+__all__ = ["Database"]

@@ -1,0 +1,123 @@
+"""Opening the database: WAL, busy timeout, foreign keys, and forward-only migrations.
+
+Each process (bot, trainer daemon, training job) opens its own `Database`; SQLite's WAL mode and
+`BEGIN IMMEDIATE` transactions keep them consistent without any other channel between them.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiosqlite
+
+MIGRATION_NAME = re.compile(r"^V(\d+)__([a-z0-9_]+)\.sql$")
+BUSY_TIMEOUT_MS = 30_000
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every shipped migration, in order."""
+    found = []
+    for entry in files("storage").joinpath("migrations").iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    numbers = [v for v, _, _ in found]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise RuntimeError(f"migrations must be numbered V1, V2, ... without gaps; found {numbers}")
+    return found
+
+
+LATEST_VERSION = len(migrations())
+
+
+class Database:
+    """One connection per process. Repositories hang off it: `db.examples`, `db.runs`, ..."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str):
+        from storage.answers import AnswerRepository
+        from storage.examples import ExampleRepository
+        from storage.guild_settings import GuildSettingsRepository
+        from storage.runs import RunRepository
+        from storage.versions import VersionRepository
+
+        self.conn = conn
+        self.path = path
+        self._write_lock = asyncio.Lock()
+        self.examples = ExampleRepository(self)
+        self.answers = AnswerRepository(self)
+        self.runs = RunRepository(self)
+        self.versions = VersionRepository(self)
+        self.settings = GuildSettingsRepository(self)
+
+    @classmethod
+    async def open(cls, path: str | Path, *, migrate_to: int | None = None) -> "Database":
+        """Open (creating if needed) and migrate to `migrate_to` (default: latest)."""
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        db = cls(conn, path)
+        await db.migrate(migrate_to)
+        return db
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def schema_version(self) -> int:
+        async with self.conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0])
+
+    async def migrate(self, target: int | None = None) -> list[int]:
+        """Apply every migration above the file's `user_version`, each in its own transaction."""
+        target = LATEST_VERSION if target is None else target
+        applied = []
+        for version, _name, sql in migrations():
+            if version > target:
+                break
+            async with self.transaction():
+                if version <= await self.schema_version():
+                    continue  # another process got there first
+                for statement in _split_sql(sql):
+                    await self.conn.execute(statement)
+                await self.conn.execute(f"PRAGMA user_version = {version}")
+            applied.append(version)
+        return applied
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction. BEGIN IMMEDIATE takes the write lock up front, so two processes
+        never both read-then-write the same row and one of them fails late."""
+        async with self._write_lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
+            else:
+                await self.conn.execute("COMMIT")
+
+    async def fetchone(self, sql: str, params: tuple = ()) -> aiosqlite.Row | None:
+        async with self.conn.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def fetchall(self, sql: str, params: tuple = ()) -> list[aiosqlite.Row]:
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Statements of a migration file (comments dropped; our migrations hold no ';' in strings)."""
+    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

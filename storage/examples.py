@@ -1,0 +1,298 @@
+"""Examples: what members teach, what moderators decide, and the audit of every change.
+
+Every method takes the guild id and filters on it, so no call can touch another guild's rows.
+Status changes are single conditional UPDATEs inside a transaction: of two moderators deciding
+the same example at once, exactly one wins and the other is told who decided first.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+from storage.conversation import InvalidConversation, content_hash, validate_conversation
+from storage.records import EXAMPLE_SOURCES, Conversation, Example, ExampleEvent
+
+if TYPE_CHECKING:
+    from storage.db import Database
+
+
+class ExampleError(Exception):
+    """A user-facing refusal (unknown id, already decided, duplicate)."""
+
+
+@dataclass(frozen=True)
+class AddResult:
+    example: Example
+    created: bool  # False: `example` is the existing duplicate
+
+    @property
+    def duplicate_of(self) -> Example | None:
+        return None if self.created else self.example
+
+
+@dataclass(frozen=True)
+class Decision:
+    ok: bool
+    example: Example
+    message: str
+
+
+@dataclass(frozen=True)
+class BulkAddResult:
+    created: int
+    duplicates: int
+
+
+def _row_to_example(row: Any) -> Example:
+    return Example(
+        id=row["id"], guild_id=row["guild_id"], messages=json.loads(row["messages"]), source=row["source"],
+        source_message_ids=json.loads(row["source_message_ids"]), author_id=row["author_id"],
+        status=row["status"], content_hash=row["content_hash"], created_at=row["created_at"],
+        updated_at=row["updated_at"], answer_id=row["answer_id"],
+    )
+
+
+def _snapshot(example: Example, with_content: bool = True) -> dict[str, Any]:
+    snap: dict[str, Any] = {"status": example.status}
+    if with_content:
+        snap["messages"] = example.messages
+    return snap
+
+
+class ExampleRepository:
+    def __init__(self, db: "Database"):
+        self.db = db
+
+    async def get(self, guild_id: int, example_id: int) -> Example | None:
+        row = await self.db.fetchone("SELECT * FROM examples WHERE guild_id=? AND id=?", (guild_id, example_id))
+        return _row_to_example(row) if row else None
+
+    async def require(self, guild_id: int, example_id: int) -> Example:
+        example = await self.get(guild_id, example_id)
+        if example is None:
+            raise ExampleError(f"There is no example #{example_id} in this server. Check the id with /review.")
+        return example
+
+    async def add(
+        self, guild_id: int, messages: Conversation, *, source: str, author_id: int | None,
+        source_message_ids: Iterable[int] = (), status: str = "pending", answer_id: int | None = None,
+    ) -> AddResult:
+        """Validate and insert; a duplicate (same normalised content) returns the existing example."""
+        if source not in EXAMPLE_SOURCES:
+            raise ValueError(f"unknown source {source!r}")
+        if status not in ("pending", "approved"):
+            raise ValueError(f"new examples are pending or approved, not {status!r}")
+        clean = validate_conversation(messages)
+        digest = content_hash(clean)
+        async with self.db.transaction() as conn:
+            existing = await self.db.fetchone(
+                "SELECT * FROM examples WHERE guild_id=? AND content_hash=?", (guild_id, digest)
+            )
+            if existing:
+                return AddResult(_row_to_example(existing), created=False)
+            example = await self._insert(conn, guild_id, clean, digest, source, author_id,
+                                         list(source_message_ids), status, answer_id)
+        return AddResult(example, created=True)
+
+    async def add_many(
+        self, guild_id: int, conversations: Iterable[Conversation], *, source: str,
+        author_id: int | None, status: str = "pending",
+    ) -> BulkAddResult:
+        """All or nothing: every conversation is validated before the first row is written."""
+        cleaned = []
+        for i, conv in enumerate(conversations, 1):
+            try:
+                cleaned.append(validate_conversation(conv))
+            except InvalidConversation as exc:
+                raise InvalidConversation(f"Conversation {i}: {exc}") from None
+        created = duplicates = 0
+        async with self.db.transaction() as conn:
+            seen = {r["content_hash"] for r in await self.db.fetchall(
+                "SELECT content_hash FROM examples WHERE guild_id=?", (guild_id,))}
+            for clean in cleaned:
+                digest = content_hash(clean)
+                if digest in seen:
+                    duplicates += 1
+                    continue
+                seen.add(digest)
+                await self._insert(conn, guild_id, clean, digest, source, author_id, [], status, None)
+                created += 1
+        return BulkAddResult(created, duplicates)
+
+    async def _insert(self, conn, guild_id, clean, digest, source, author_id, message_ids, status, answer_id):
+        now = time.time()
+        cur = await conn.execute(
+            "INSERT INTO examples (guild_id, messages, source, source_message_ids, author_id, status,"
+            " content_hash, answer_id, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (guild_id, json.dumps(clean, ensure_ascii=False), source, json.dumps(message_ids), author_id,
+             status, digest, answer_id, now, now),
+        )
+        example = Example(cur.lastrowid, guild_id, clean, source, message_ids, author_id, status, digest,
+                          now, now, answer_id)
+        await self._event(conn, example, author_id, "created", None, _snapshot(example), None)
+        return example
+
+    async def _event(self, conn, example: Example, actor_id, action, before, after, reason) -> None:
+        await conn.execute(
+            "INSERT INTO example_events (guild_id, example_id, actor_id, action, before, after, reason, created_at)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (example.guild_id, example.id, actor_id, action,
+             None if before is None else json.dumps(before, ensure_ascii=False),
+             None if after is None else json.dumps(after, ensure_ascii=False), reason, time.time()),
+        )
+
+    async def decide(
+        self, guild_id: int, example_id: int, *, actor_id: int, approve: bool,
+        reason: str | None = None, messages: Conversation | None = None,
+    ) -> Decision:
+        """Approve or reject a pending example (optionally with edited content, for Edit → approve)."""
+        new_status = "approved" if approve else "rejected"
+        clean = validate_conversation(messages) if messages is not None else None
+        async with self.db.transaction() as conn:
+            before = await self.require(guild_id, example_id)
+            if before.status != "pending":
+                who = await self._last_decider(guild_id, example_id)
+                by = f" by <@{who}>" if who else ""
+                return Decision(False, before, f"Example #{example_id} was already {before.status}{by}.")
+            if clean is not None:
+                digest = content_hash(clean)
+                clash = await self.db.fetchone(
+                    "SELECT id FROM examples WHERE guild_id=? AND content_hash=? AND id<>?",
+                    (guild_id, digest, example_id))
+                if clash:
+                    return Decision(False, before,
+                                    f"The edited text duplicates example #{clash['id']}; reject this one instead.")
+                await conn.execute(
+                    "UPDATE examples SET messages=?, content_hash=?, status=?, updated_at=? "
+                    "WHERE guild_id=? AND id=? AND status='pending'",
+                    (json.dumps(clean, ensure_ascii=False), digest, new_status, time.time(), guild_id, example_id))
+            else:
+                await conn.execute(
+                    "UPDATE examples SET status=?, updated_at=? WHERE guild_id=? AND id=? AND status='pending'",
+                    (new_status, time.time(), guild_id, example_id))
+            after = await self.require(guild_id, example_id)
+            action = ("edited_and_approved" if clean is not None else "approved") if approve else "rejected"
+            await self._event(conn, after, actor_id, action, _snapshot(before), _snapshot(after), reason)
+        return Decision(True, after, f"Example #{example_id} {new_status}.")
+
+    async def _last_decider(self, guild_id: int, example_id: int) -> int | None:
+        row = await self.db.fetchone(
+            "SELECT actor_id FROM example_events WHERE guild_id=? AND example_id=? AND action<>'created' "
+            "ORDER BY id DESC LIMIT 1", (guild_id, example_id))
+        return row["actor_id"] if row else None
+
+    async def delete(self, guild_id: int, example_id: int, *, actor_id: int | None) -> Example:
+        async with self.db.transaction() as conn:
+            before = await self.require(guild_id, example_id)
+            await self._wipe(conn, before, actor_id, "deleted")
+        return await self.require(guild_id, example_id)
+
+    async def forget_author(self, guild_id: int, author_id: int) -> int:
+        """Privacy: wipe the content of every example this member contributed; the audit keeps
+        that it happened, without the content. The next training run no longer sees them."""
+        async with self.db.transaction() as conn:
+            rows = await self.db.fetchall(
+                "SELECT * FROM examples WHERE guild_id=? AND author_id=? AND status<>'deleted'",
+                (guild_id, author_id))
+            for row in rows:
+                await self._wipe(conn, _row_to_example(row), author_id, "forgotten")
+        return len(rows)
+
+    async def _wipe(self, conn, example: Example, actor_id, action) -> None:
+        await conn.execute(
+            "UPDATE examples SET messages='[]', content_hash=?, status='deleted', updated_at=? "
+            "WHERE guild_id=? AND id=?",
+            (f"deleted:{example.id}", time.time(), example.guild_id, example.id))
+        # The audit drops the content everywhere for this example, not only in the new event.
+        await conn.execute(
+            "UPDATE example_events SET before=NULL, after=NULL WHERE guild_id=? AND example_id=?",
+            (example.guild_id, example.id))
+        await self._event(conn, example, actor_id, action, {"status": example.status}, {"status": "deleted"}, None)
+
+    async def list(self, guild_id: int, *, status: str | None = None, limit: int | None = None) -> list[Example]:
+        sql = "SELECT * FROM examples WHERE guild_id=?"
+        params: list[Any] = [guild_id]
+        if status:
+            sql += " AND status=?"
+            params.append(status)
+        sql += " ORDER BY id"
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_row_to_example(r) for r in await self.db.fetchall(sql, tuple(params))]
+
+    async def approved(self, guild_id: int) -> list[Example]:
+        return await self.list(guild_id, status="approved")
+
+    async def next_pending(self, guild_id: int, *, after_id: int = 0) -> tuple[Example | None, int]:
+        """The oldest pending example with id > after_id (Skip moves on), and how many are pending."""
+        row = await self.db.fetchone(
+            "SELECT * FROM examples WHERE guild_id=? AND status='pending' AND id>? ORDER BY id LIMIT 1",
+            (guild_id, after_id))
+        count = await self.db.fetchone(
+            "SELECT COUNT(*) AS n FROM examples WHERE guild_id=? AND status='pending'", (guild_id,))
+        return (_row_to_example(row) if row else None), int(count["n"])
+
+    async def find_by_source_messages(self, guild_id: int, source: str, message_ids: list[int]) -> Example | None:
+        row = await self.db.fetchone(
+            "SELECT * FROM examples WHERE guild_id=? AND source=? AND source_message_ids=?",
+            (guild_id, source, json.dumps(message_ids)))
+        return _row_to_example(row) if row else None
+
+    async def vote(self, guild_id: int, example_id: int, user_id: int) -> bool:
+        """Count a member's vote for an example once; True when it is new."""
+        await self.require(guild_id, example_id)
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT OR IGNORE INTO example_votes (example_id, user_id, created_at) VALUES (?,?,?)",
+                (example_id, user_id, time.time()))
+            return cur.rowcount == 1
+
+    async def votes(self, guild_id: int, example_id: int) -> int:
+        row = await self.db.fetchone(
+            "SELECT COUNT(*) AS n FROM example_votes v JOIN examples e ON e.id=v.example_id "
+            "WHERE e.guild_id=? AND v.example_id=?", (guild_id, example_id))
+        return int(row["n"])
+
+    async def events(self, guild_id: int, example_id: int) -> list[ExampleEvent]:
+        rows = await self.db.fetchall(
+            "SELECT * FROM example_events WHERE guild_id=? AND example_id=? ORDER BY id", (guild_id, example_id))
+        return [ExampleEvent(r["id"], r["guild_id"], r["example_id"], r["actor_id"], r["action"],
+                             json.loads(r["before"]) if r["before"] else None,
+                             json.loads(r["after"]) if r["after"] else None, r["reason"], r["created_at"])
+                for r in rows]
+
+    async def stats(self, guild_id: int) -> dict[str, dict[str, int]]:
+        by_status = {r["status"]: r["n"] for r in await self.db.fetchall(
+            "SELECT status, COUNT(*) AS n FROM examples WHERE guild_id=? GROUP BY status", (guild_id,))}
+        by_source = {r["source"]: r["n"] for r in await self.db.fetchall(
+            "SELECT source, COUNT(*) AS n FROM examples WHERE guild_id=? AND status<>'deleted' GROUP BY source",
+            (guild_id,))}
+        return {"status": by_status, "source": by_source}
+
+    async def approved_since(self, guild_id: int, since: float) -> int:
+        """Approved examples decided after `since` (what the minimum-new-examples trigger counts)."""
+        row = await self.db.fetchone(
+            "SELECT COUNT(*) AS n FROM examples WHERE guild_id=? AND status='approved' AND updated_at>?",
+            (guild_id, since))
+        return int(row["n"])
+
+    async def add_review_post(self, guild_id: int, example_id: int, channel_id: int, message_id: int) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT OR REPLACE INTO review_posts (guild_id, example_id, channel_id, message_id, created_at)"
+                " VALUES (?,?,?,?,?)", (guild_id, example_id, channel_id, message_id, time.time()))
+
+    async def example_for_review_post(self, guild_id: int, message_id: int) -> Example | None:
+        row = await self.db.fetchone(
+            "SELECT e.* FROM review_posts p JOIN examples e ON e.id=p.example_id "
+            "WHERE p.guild_id=? AND e.guild_id=? AND p.message_id=?", (guild_id, guild_id, message_id))
+        return _row_to_example(row) if row else None
+
+    async def review_posts(self, guild_id: int, example_id: int) -> list[tuple[int, int]]:
+        rows = await self.db.fetchall(
+            "SELECT channel_id, message_id FROM review_posts WHERE guild_id=? AND example_id=?",
+            (guild_id, example_id))
+        return [(r["channel_id"], r["message_id"]) for r in rows]

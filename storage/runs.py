@@ -1,0 +1,160 @@
+"""Training runs: the queue the daemon works through, and the progress the bot displays."""
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from storage.records import TrainingRun
+
+if TYPE_CHECKING:
+    from storage.db import Database
+
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "gated", "cancelled")
+
+
+def _row_to_run(r: Any) -> TrainingRun:
+    return TrainingRun(
+        id=r["id"], guild_id=r["guild_id"], status=r["status"], trigger=r["trigger"],
+        requested_by=r["requested_by"], n_train=r["n_train"], n_eval=r["n_eval"], step=r["step"],
+        total_steps=r["total_steps"], loss=r["loss"], eta_s=r["eta_s"], eval_loss=r["eval_loss"],
+        baseline_eval_loss=r["baseline_eval_loss"], metrics=json.loads(r["metrics"]), error=r["error"],
+        gate_reason=r["gate_reason"], cancel_requested=bool(r["cancel_requested"]), pid=r["pid"],
+        loss_history=json.loads(r["loss_history"]), created_at=r["created_at"], started_at=r["started_at"],
+        finished_at=r["finished_at"], progress_message_id=r["progress_message_id"],
+    )
+
+
+class RunRepository:
+    def __init__(self, db: "Database"):
+        self.db = db
+
+    async def enqueue(self, guild_id: int, *, trigger: str, requested_by: int | None = None
+                      ) -> tuple[TrainingRun, int, bool]:
+        """Queue a run unless this guild already has one waiting or running.
+
+        Returns (run, place in the queue counting a running job as place 0, created)."""
+        async with self.db.transaction() as conn:
+            row = await self.db.fetchone(
+                "SELECT * FROM training_runs WHERE guild_id=? AND status IN ('queued','running') ORDER BY id LIMIT 1",
+                (guild_id,))
+            created = row is None
+            if created:
+                cur = await conn.execute(
+                    "INSERT INTO training_runs (guild_id, status, trigger, requested_by, created_at)"
+                    " VALUES (?, 'queued', ?, ?, ?)", (guild_id, trigger, requested_by, time.time()))
+                row = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (cur.lastrowid,))
+        run = _row_to_run(row)
+        return run, await self.queue_position(run), created
+
+    async def queue_position(self, run: TrainingRun) -> int:
+        """0 = running now; N = N-th in line (1 = next)."""
+        if run.status == "running":
+            return 0
+        row = await self.db.fetchone(
+            "SELECT COUNT(*) AS n FROM training_runs WHERE status='queued' AND id<=?", (run.id,))
+        return int(row["n"])
+
+    async def claim_next(self) -> TrainingRun | None:
+        """Move the oldest queued run to running; only one claimer can win it."""
+        async with self.db.transaction() as conn:
+            row = await self.db.fetchone("SELECT id FROM training_runs WHERE status='queued' ORDER BY id LIMIT 1")
+            if row is None:
+                return None
+            await conn.execute(
+                "UPDATE training_runs SET status='running', started_at=? WHERE id=? AND status='queued'",
+                (time.time(), row["id"]))
+            claimed = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (row["id"],))
+        return _row_to_run(claimed)
+
+    async def by_id(self, run_id: int) -> TrainingRun | None:
+        """Unscoped look-up for the job process, which is handed only its run id."""
+        row = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (run_id,))
+        return _row_to_run(row) if row else None
+
+    async def get(self, guild_id: int, run_id: int) -> TrainingRun | None:
+        row = await self.db.fetchone("SELECT * FROM training_runs WHERE guild_id=? AND id=?", (guild_id, run_id))
+        return _row_to_run(row) if row else None
+
+    async def list(self, guild_id: int, limit: int = 20) -> list[TrainingRun]:
+        rows = await self.db.fetchall(
+            "SELECT * FROM training_runs WHERE guild_id=? ORDER BY id DESC LIMIT ?", (guild_id, limit))
+        return [_row_to_run(r) for r in rows]
+
+    async def current(self, guild_id: int) -> TrainingRun | None:
+        row = await self.db.fetchone(
+            "SELECT * FROM training_runs WHERE guild_id=? AND status IN ('queued','running') ORDER BY id LIMIT 1",
+            (guild_id,))
+        return _row_to_run(row) if row else None
+
+    async def last_finished(self, guild_id: int, status: str | None = None) -> TrainingRun | None:
+        sql = "SELECT * FROM training_runs WHERE guild_id=? AND status IN ('succeeded','failed','gated','cancelled')"
+        params: tuple = (guild_id,)
+        if status:
+            sql += " AND status=?"
+            params += (status,)
+        row = await self.db.fetchone(sql + " ORDER BY id DESC LIMIT 1", params)
+        return _row_to_run(row) if row else None
+
+    async def consecutive_failures(self, guild_id: int) -> tuple[int, float | None]:
+        """How many of the latest finished runs failed in a row, and when the last one ended."""
+        rows = await self.db.fetchall(
+            "SELECT status, finished_at FROM training_runs WHERE guild_id=? AND status IN "
+            "('succeeded','failed','gated','cancelled') ORDER BY id DESC LIMIT 10", (guild_id,))
+        n = 0
+        for r in rows:
+            if r["status"] != "failed":
+                break
+            n += 1
+        return n, (rows[0]["finished_at"] if rows else None)
+
+    async def update(self, guild_id: int, run_id: int, **fields: Any) -> None:
+        """Set columns of a run (progress, counts, pid, ...); JSON columns take Python values."""
+        allowed = {"n_train", "n_eval", "step", "total_steps", "loss", "eta_s", "pid", "metrics",
+                   "loss_history", "progress_message_id", "eval_loss", "baseline_eval_loss"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"cannot update {sorted(bad)} this way")
+        for key in ("metrics", "loss_history"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
+        sets = ", ".join(f"{k}=?" for k in fields)
+        async with self.db.transaction() as conn:
+            await conn.execute(f"UPDATE training_runs SET {sets} WHERE guild_id=? AND id=?",
+                               (*fields.values(), guild_id, run_id))
+
+    async def finish(self, guild_id: int, run_id: int, status: str, *, error: str | None = None,
+                     gate_reason: str | None = None, eval_loss: float | None = None,
+                     baseline_eval_loss: float | None = None, metrics: dict | None = None) -> bool:
+        """Record the outcome once; a run already finished keeps its first outcome (returns False)."""
+        if status not in FINAL:
+            raise ValueError(f"{status!r} is not a final status")
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE training_runs SET status=?, error=?, gate_reason=?, eval_loss=COALESCE(?, eval_loss),"
+                " baseline_eval_loss=COALESCE(?, baseline_eval_loss), metrics=COALESCE(?, metrics),"
+                " finished_at=?, pid=NULL WHERE guild_id=? AND id=? AND status IN ('queued','running')",
+                (status, error, gate_reason, eval_loss, baseline_eval_loss,
+                 None if metrics is None else json.dumps(metrics), time.time(), guild_id, run_id))
+            return cur.rowcount == 1
+
+    async def request_cancel(self, guild_id: int, run_id: int) -> bool:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE training_runs SET cancel_requested=1 WHERE guild_id=? AND id=? AND status IN "
+                "('queued','running')", (guild_id, run_id))
+            return cur.rowcount == 1
+
+    async def cancel_requested(self, guild_id: int, run_id: int) -> bool:
+        row = await self.db.fetchone(
+            "SELECT cancel_requested FROM training_runs WHERE guild_id=? AND id=?", (guild_id, run_id))
+        return bool(row and row["cancel_requested"])
+
+    async def fail_orphans(self) -> list[TrainingRun]:
+        """At daemon start nothing can be running: whatever says so was interrupted."""
+        rows = await self.db.fetchall("SELECT * FROM training_runs WHERE status='running'")
+        for r in rows:
+            await self.finish(r["guild_id"], r["id"], "failed",
+                              error="interrupted: the trainer stopped while this run was in progress")
+        return [_row_to_run(r) for r in rows]
