@@ -98,3 +98,14 @@ class VersionRepository:
         """guild id → active version id, for the bot's watcher that notices a swap made by the trainer."""
         rows = await self.db.fetchall("SELECT guild_id, version_id FROM active_versions")
         return {r["guild_id"]: r["version_id"] for r in rows}
+
+    async def for_run(self, guild_id: int, run_id: int) -> ModelVersion | None:
+        """The version a training run produced, if it got that far."""
+        row = await self.db.fetchone(
+            "SELECT * FROM model_versions WHERE guild_id=? AND run_id=?", (guild_id, run_id))
+        return _row_to_version(row) if row else None
+
+    async def adapter_paths(self, guild_id: int) -> set[str]:
+        """Every adapter folder this guild's versions point at (the daemon deletes the others at start)."""
+        rows = await self.db.fetchall("SELECT adapter_path FROM model_versions WHERE guild_id=?", (guild_id,))
+        return {r["adapter_path"] for r in rows}

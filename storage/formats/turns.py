@@ -34,7 +34,7 @@ def text_field(value: object, field: str, *, required: bool = True) -> str:
             raise RowError(field, missing, f'put the text in "{field}", or delete the row')
         return ""
     if not isinstance(value, str):
-        raise RowError(field, f"should be text but is {type_name(value)}", f'write it as a JSON string in quotes')
+        raise RowError(field, f"should be text but is {type_name(value)}", "write it as a JSON string in quotes")
     return value
 
 

@@ -1,0 +1,3 @@
+from guildtune.cli import app
+
+app()

@@ -1,0 +1,205 @@
+"""The trainer daemon: decides when a guild retrains, runs each job in a child process, then
+publishes the new version and flips the guild's active-version pointer (the hot swap).
+
+One job at a time (one GPU). The child (`python -m trainer.job RUN_ID`) owns training, evaluation
+and the gate; a crash or an OOM there cannot take the daemon down, and its GPU memory is returned
+when it exits. Publishing happens here, after the child succeeded, so a failed publish leaves the
+old version active.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from guildtune.settings import Settings
+from serving.protocol import ModelServer, ModelServerError
+from storage.db import Database
+from storage.records import TrainingRun
+from storage.schedule import parse_schedule
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 60.0
+BACKOFF_MAX_S = 3600.0
+CANCEL_GRACE_S = 20.0
+
+
+@dataclass
+class RunOutcome:
+    run: TrainingRun
+    published: bool
+
+
+class TrainerDaemon:
+    def __init__(self, db: Database, settings: Settings, server: ModelServer,
+                 on_swap: Callable[[], object] | None = None):
+        self.db = db
+        self.settings = settings
+        self.server = server
+        self.on_swap = on_swap  # e.g. the bot's tracker.refresh when both run in one process
+        self._child: asyncio.subprocess.Process | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ start-up
+
+    async def recover(self) -> None:
+        """Nothing can be running when the daemon starts: fail orphaned runs and delete
+        half-written artifacts (temporary folders, folders no version row points at)."""
+        for run in await self.db.runs.fail_orphans():
+            log.warning("run %s of guild %s was interrupted; marked failed", run.id, run.guild_id)
+        root = self.settings.versions_dir
+        if not root.is_dir():
+            return
+        for guild_dir in root.iterdir():
+            if not guild_dir.is_dir() or not guild_dir.name.isdigit():
+                continue
+            keep = await self.db.versions.adapter_paths(int(guild_dir.name))
+            for child in guild_dir.iterdir():
+                if str(child.resolve()) not in {str(Path(p).resolve()) for p in keep}:
+                    shutil.rmtree(child, ignore_errors=True)
+                    log.info("removed leftover %s", child)
+
+    # ------------------------------------------------------------------ scheduling
+
+    async def schedule_due(self, now: float | None = None) -> list[TrainingRun]:
+        """Queue a run for every guild whose schedule slot has come and that has at least
+        `min_new_examples` newly approved examples since its last successful run."""
+        now = time.time() if now is None else now
+        queued = []
+        for guild_id in await self.db.settings.guild_ids():
+            gs = await self.db.settings.get(guild_id)
+            schedule = parse_schedule(gs.schedule)
+            if await self.db.runs.current(guild_id) is not None:
+                continue
+            last_ok = await self.db.runs.last_finished(guild_id, "succeeded")
+            last_at = last_ok.finished_at if last_ok else None
+            due = schedule.next_due(last_at, now)
+            if due is None or due > now:
+                continue
+            if await self.db.examples.approved_since(guild_id, last_at or 0.0) < gs.min_new_examples:
+                continue
+            failures, last_fail = await self.db.runs.consecutive_failures(guild_id)
+            if failures and last_fail and now < last_fail + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** failures):
+                continue  # back off after failures; a moderator's /retrain still goes through
+            run, _, created = await self.db.runs.enqueue(guild_id, trigger="schedule")
+            if created:
+                queued.append(run)
+        return queued
+
+    # ------------------------------------------------------------------ running
+
+    async def run_job_process(self, run: TrainingRun) -> int:
+        """Run the child and wait; cancel it through the database flag, kill it if it ignores that."""
+        env = dict(os.environ)
+        env["GUILDTUNE_DB"] = str(self.settings.db_path)
+        env["GUILDTUNE_DATA_DIR"] = str(self.settings.data_dir)
+        env.pop("DISCORD_TOKEN", None)  # the job needs no secret
+        self._child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "trainer.job", str(run.id), env=env)
+        await self.db.runs.update(run.guild_id, run.id, pid=self._child.pid)
+        try:
+            return await self._child.wait()
+        except asyncio.CancelledError:
+            await self.stop_child(run)
+            raise
+        finally:
+            self._child = None
+
+    async def stop_child(self, run: TrainingRun) -> None:
+        """Ask the job to stop (it saves nothing and records 'cancelled'), then make sure."""
+        child = self._child
+        if child is None or child.returncode is not None:
+            return
+        await self.db.runs.request_cancel(run.guild_id, run.id)
+        try:
+            await asyncio.wait_for(child.wait(), CANCEL_GRACE_S)
+        except asyncio.TimeoutError:
+            child.kill()
+            await child.wait()
+        await self.db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled: the trainer was stopped")
+
+    async def process(self, run: TrainingRun) -> RunOutcome:
+        """Train (child), then publish, preload and flip the pointer if the child succeeded."""
+        log.info("guild %s: training run %s (%s)", run.guild_id, run.id, run.trigger)
+        code = await self.run_job_process(run)
+        after = await self.db.runs.get(run.guild_id, run.id)
+        if after.status in ("gated", "failed", "cancelled"):
+            return RunOutcome(after, False)
+        version = await self.db.versions.for_run(run.guild_id, run.id)
+        if code != 0 or version is None:
+            reason = f"signal {-code}" if code < 0 else f"exit code {code}"
+            await self.db.runs.finish(run.guild_id, run.id, "failed",
+                                      error=f"the training process died ({reason}) before finishing")
+            return RunOutcome(await self.db.runs.get(run.guild_id, run.id), False)
+        try:
+            tag = await self.server.publish(version)
+            await self.db.versions.set_tag(run.guild_id, version.id, tag)
+            await self.server.preload(await self.db.versions.get(run.guild_id, version.id))
+        except ModelServerError as exc:
+            await self.db.runs.finish(run.guild_id, run.id, "failed",
+                                      error=f"publishing v{version.number} failed: {exc}")
+            await self.db.versions.mark_removed(run.guild_id, version.id)
+            return RunOutcome(await self.db.runs.get(run.guild_id, run.id), False)
+        await self.db.versions.activate(run.guild_id, version.id)
+        await self.db.runs.finish(run.guild_id, run.id, "succeeded")
+        if self.on_swap is not None:
+            result = self.on_swap()
+            if asyncio.iscoroutine(result):
+                await result
+        await self.prune(run.guild_id)
+        log.info("guild %s: v%s is active", run.guild_id, version.number)
+        return RunOutcome(await self.db.runs.get(run.guild_id, run.id), True)
+
+    async def prune(self, guild_id: int) -> None:
+        """Keep the newest `keep_versions` versions servable for rollback; remove older ones."""
+        versions = [v for v in await self.db.versions.list(guild_id, limit=1000) if v.status != "removed"]
+        for old in versions[self.settings.keep_versions:]:
+            if old.status == "active":
+                continue
+            try:
+                await self.server.remove(old)
+            except ModelServerError as exc:
+                log.warning("could not remove v%s from the model server: %s", old.number, exc)
+            await self.db.versions.mark_removed(guild_id, old.id)
+            shutil.rmtree(old.adapter_path, ignore_errors=True)
+
+    async def tick(self) -> RunOutcome | None:
+        await self.schedule_due()
+        run = await self.db.runs.claim_next()
+        if run is None:
+            return None
+        return await self.process(run)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        await self.recover()
+        log.info("trainer daemon started (poll every %ss)", self.settings.trainer_poll_s)
+        while not stop.is_set():
+            try:
+                outcome = await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("trainer tick failed")
+                outcome = None
+            if outcome is None:
+                try:
+                    await asyncio.wait_for(stop.wait(), self.settings.trainer_poll_s)
+                except asyncio.TimeoutError:
+                    pass
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover (Windows)
+            pass
