@@ -159,3 +159,109 @@ def dataset_stats(guild: int = typer.Option(..., "--guild", "-g", help="Guild id
             table.add_row(key, str(n))
         table.add_row("total", str(sum(counts.values())), style="bold")
         out.print(table)
+
+
+# ---------------------------------------------------------------- services
+
+def _require_token(settings: Settings) -> None:
+    from guildtune.runtime import TOKEN_HELP
+
+    if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
+        raise fail(TOKEN_HELP, 2)
+
+
+def _serve(bot: bool, trainer: bool) -> None:
+    from guildtune.runtime import run_services, setup_logging
+    from trainer.daemon import install_signal_handlers
+
+    settings = settings_or_exit()
+    if bot:
+        _require_token(settings)
+    setup_logging(settings)
+
+    async def main():
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await run_services(settings, bot=bot, trainer=trainer, stop=stop)
+
+    asyncio.run(main())
+
+
+@app.command()
+def up() -> None:
+    """Run the bot and the trainer daemon together (Ctrl-C stops both cleanly)."""
+    _serve(bot=True, trainer=True)
+
+
+@app.command()
+def bot() -> None:
+    """Run only the Discord bot (the trainer runs elsewhere: `guildtune trainer`)."""
+    _serve(bot=True, trainer=False)
+
+
+@app.command()
+def trainer() -> None:
+    """Run only the trainer daemon: scheduled and /retrain runs, publish and swap."""
+    _serve(bot=False, trainer=True)
+
+
+@app.command()
+def train(guild: int = typer.Option(..., "--guild", "-g", help="Guild id to train now.")) -> None:
+    """Train a new version for one guild now, with a progress bar; publish and activate it if it passes the gate."""
+    from guildtune.train_command import train_now
+
+    settings = settings_or_exit()
+    code = asyncio.run(train_now(settings, guild, console))
+    raise typer.Exit(code)
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question to ask."),
+    guild: int = typer.Option(..., "--guild", "-g", help="Guild id whose model answers."),
+    version: Optional[int] = typer.Option(None, "--version", "-v", help="Ask this version number instead of the active one."),
+) -> None:
+    """Answer a question from a guild's model through the configured server (streams to the terminal)."""
+    from guildtune.ask_command import ask_once
+
+    settings = settings_or_exit()
+    raise typer.Exit(asyncio.run(ask_once(settings, guild, question, version, console)))
+
+
+@app.command()
+def demo(
+    data_dir: Path = typer.Option(Path("./data/demo"), help="Where the demo keeps its database and versions."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: enough to learn the facts)."),
+) -> None:
+    """The whole loop offline: base answers, training on invented community facts, swap, new answers."""
+    from guildtune.demo import run_demo
+
+    raise typer.Exit(asyncio.run(run_demo(data_dir, steps, console)))
+
+
+@app.command()
+def estimate(
+    model: str = typer.Argument(..., help="Hugging Face folder, cached id, or 'embedded:gemma-3-270m'."),
+    method: str = typer.Option("lora", help="full, lora or qlora."),
+    seq_len: int = typer.Option(1024, help="Sequence length in tokens."),
+    batch: int = typer.Option(8, help="Micro-batch size."),
+    lora_r: int = typer.Option(16, help="LoRA rank."),
+    gradient_checkpointing: bool = typer.Option(True, help="Whether activations are recomputed."),
+) -> None:
+    """Estimate GPU memory for training: weights, gradients, optimizer, activations, total."""
+    from trainer.estimate import estimate_memory
+
+    if method not in ("full", "lora", "qlora"):
+        raise fail(f"--method {method!r} is not known; use full, lora or qlora.", 2)
+    settings = settings_or_exit()
+    try:
+        est = estimate_memory(model, method=method, seq_len=seq_len, batch_size=batch, lora_r=lora_r,
+                              gradient_checkpointing=gradient_checkpointing, models_dir=settings.models_dir)
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"{model}: {method}, seq {seq_len}, batch {batch}")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for name, value in est.rows():
+        table.add_row(name, f"{value:.2f}")
+    Console().print(table)

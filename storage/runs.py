@@ -68,6 +68,14 @@ class RunRepository:
             claimed = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (row["id"],))
         return _row_to_run(claimed)
 
+    async def claim(self, guild_id: int, run_id: int) -> TrainingRun | None:
+        """Move this queued run to running (for `guildtune train`); None if someone else has it."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE training_runs SET status='running', started_at=? WHERE guild_id=? AND id=? AND status='queued'",
+                (time.time(), guild_id, run_id))
+        return await self.get(guild_id, run_id) if cur.rowcount == 1 else None
+
     async def by_id(self, run_id: int) -> TrainingRun | None:
         """Unscoped look-up for the job process, which is handed only its run id."""
         row = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (run_id,))

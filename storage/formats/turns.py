@@ -6,6 +6,7 @@ Tool turns are folded here too, the same way for every format that has them.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from storage.formats.errors import KEEP_TOOL_TURNS_HINT, RowError, SkipRow, type_name
@@ -14,7 +15,7 @@ from storage.records import Conversation
 ROLES = ("system", "user", "assistant")
 TOOL_CALL, TOOL_RESULT = "tool_call", "tool_result"
 TOOL_SKIP_REASON = (
-    "uses tools or function calls (a tools field, or function_call/observation/tool turns); "
+    "a tool-calling row (it has a tools field, or function_call/observation/tool turns); "
     f"import with {KEEP_TOOL_TURNS_HINT} to keep them as plain text"
 )
 
@@ -36,6 +37,23 @@ def text_field(value: object, field: str, *, required: bool = True) -> str:
     if not isinstance(value, str):
         raise RowError(field, f"should be text but is {type_name(value)}", "write it as a JSON string in quotes")
     return value
+
+
+def has_tools(tools: object) -> bool:
+    """A `tools` field that lists something ("[]" and "" list nothing)."""
+    if isinstance(tools, str):
+        tools = tools.strip()
+        return bool(tools) and tools != "[]"
+    return bool(tools)
+
+
+def with_tool_listing(turns: list[Turn], tools: object) -> list[Turn]:
+    """Kept tool rows: the functions on offer go into the system prompt, as text."""
+    listing = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+    text = f"[available functions]\n{listing}"
+    if turns and turns[0].role == "system":
+        return [Turn("system", f"{turns[0].content}\n\n{text}", turns[0].field), *turns[1:]]
+    return [Turn("system", text, "tools"), *turns]
 
 
 def fold_tool_turns(turns: list[Turn], *, keep_tool_turns: bool) -> list[Turn]:

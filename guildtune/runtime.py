@@ -1,0 +1,110 @@
+"""Wiring the parts together for `guildtune up`, `bot`, `trainer` and `ask`: which model server
+the settings ask for, and the long-running processes with a clean shutdown."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from guildtune.settings import EMBEDDED_BASE_MODEL, Settings
+from serving.protocol import ModelServer
+from storage.db import Database
+
+log = logging.getLogger("guildtune")
+
+TOKEN_HELP = """DISCORD_TOKEN is not set, so the bot cannot log in.
+
+To get one:
+  1. Open https://discord.com/developers/applications and create a New Application.
+  2. Under Bot, click Reset Token and copy it into .env as DISCORD_TOKEN=... (never share it).
+  3. Under Bot > Privileged Gateway Intents, enable MESSAGE CONTENT INTENT
+     (needed for the reaction capture and the "Teach as answer" menu).
+  4. Under OAuth2 > URL Generator pick the scopes `bot` and `applications.commands` and the
+     permissions Send Messages, Embed Links, Attach Files, Read Message History, Add Reactions;
+     open the generated URL to invite the bot to your server.
+
+To see the whole loop offline first, without Discord: guildtune demo"""
+
+INTENT_HELP = ("Discord refused the MESSAGE CONTENT intent: enable it in the Developer Portal "
+               "(your application > Bot > Privileged Gateway Intents > MESSAGE CONTENT INTENT). "
+               "Running without it for now: /teach and /ask work; the 📚 reaction capture cannot read messages.")
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("discord.http").setLevel(logging.WARNING)
+
+
+def base_model_dir(settings: Settings) -> str:
+    """The base model as a local Hugging Face folder (dequantizes the embedded GGUF once)."""
+    from trainer.base_model import resolve_base_model
+
+    return str(resolve_base_model(settings.base_model, settings.models_dir))
+
+
+async def make_server(settings: Settings) -> ModelServer:
+    if settings.server == "ollama":
+        from serving.ollama_server import OllamaServer
+
+        base_dir = None
+        if settings.base_model != EMBEDDED_BASE_MODEL or settings.models_dir.exists():
+            base_dir = await asyncio.to_thread(base_model_dir, settings)
+        return OllamaServer(settings.ollama_host, base_tag=settings.ollama_base_tag, base_model_dir=base_dir,
+                            tag_prefix=settings.tag_prefix, keep_versions=settings.keep_versions,
+                            quantize=settings.ollama_quantize, timeout_s=settings.answer_timeout_s,
+                            work_dir=settings.data_dir / "ollama-staging")
+    from serving.local_server import LocalServer
+
+    return LocalServer(await asyncio.to_thread(base_model_dir, settings), device=settings.device)
+
+
+async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: asyncio.Event) -> None:
+    """Run the bot and/or the trainer daemon until `stop` is set (Ctrl-C), then shut down cleanly:
+    a running training job is cancelled and recorded as such."""
+    import discord
+
+    from bot.bot import GuildtuneBot
+    from serving.version_tracker import ActiveVersionTracker
+    from trainer.daemon import TrainerDaemon
+
+    db = await Database.open(settings.db_path)
+    server = await make_server(settings)
+    tracker = ActiveVersionTracker(db, server, poll_s=settings.version_poll_s)
+    tasks: list[asyncio.Task] = []
+    client = None
+    try:
+        if trainer:
+            daemon = TrainerDaemon(db, settings, server, on_swap=tracker.refresh if bot else None)
+            tasks.append(asyncio.create_task(daemon.run_forever(stop), name="trainer"))
+        if bot:
+            token = settings.discord_token.get_secret_value()
+
+            async def run_bot(message_content: bool = True):
+                nonlocal client
+                client = GuildtuneBot(db=db, server=server, settings=settings, tracker=tracker,
+                                      message_content=message_content)
+                try:
+                    await client.start(token)
+                except discord.PrivilegedIntentsRequired:
+                    log.warning(INTENT_HELP)
+                    await client.close()
+                    await run_bot(message_content=False)
+                except discord.LoginFailure:
+                    log.error("Discord rejected DISCORD_TOKEN (it may have been reset). Create a new token "
+                              "under Bot > Reset Token and put it in .env.")
+                    stop.set()
+
+            tasks.append(asyncio.create_task(run_bot(), name="bot"))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception():
+                raise task.exception()
+    finally:
+        stop.set()
+        if client is not None:
+            await client.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.close()
+        await db.close()
