@@ -56,7 +56,7 @@ def dataset_import(
 ) -> None:
     """Import conversations into a guild's examples: all rows or none (unless --skip-invalid)."""
     from storage.conversation import InvalidConversation, validate_conversation
-    from storage.formats import FORMATS, ImportFormatError, parse_file
+    from storage.formats import FORMATS, TOOL_SKIP_REASON, ImportFormatError, parse_file
 
     settings = settings_or_exit()
     if format is not None and format not in FORMATS:
@@ -95,12 +95,13 @@ def dataset_import(
 
     added = asyncio.run(write())
     status = "approved" if approve else "pending"
-    console.print(f"Imported {added.created} example(s) as {status} into guild {guild} "
-                  f"({result.format} format); {added.duplicates} duplicate(s) skipped.", highlight=False)
-    skipped = [f"{s.location}: {s.reason}" for s in result.skipped] + invalid
-    if skipped:
-        console.print(f"Skipped {len(skipped)} row(s):", highlight=False)
-        for line in skipped:
+    console.print(result.summary(), highlight=False, markup=False)
+    console.print(f"Imported {added.created} example(s) as {status} into guild {guild}; "
+                  f"{added.duplicates} duplicate(s) skipped.", highlight=False)
+    bad_rows = [f"{s.location}: {s.reason}" for s in result.skipped if s.reason != TOOL_SKIP_REASON] + invalid
+    if bad_rows:
+        console.print(f"Skipped {len(bad_rows)} invalid row(s):", highlight=False)
+        for line in bad_rows:
             console.print(f"  {line}", highlight=False, markup=False)
 
 
@@ -152,7 +153,7 @@ def dataset_stats(guild: int = typer.Option(..., "--guild", "-g", help="Guild id
     stats = asyncio.run(read())
     out = Console()
     for title, counts in (("status", stats["status"]), ("source", stats["source"])):
-        table = Table(title=f"Examples of guild {guild} by {title}")
+        table = Table(title=f"Examples of guild {guild} by {title}", min_width=44)
         table.add_column(title)
         table.add_column("count", justify="right")
         for key, n in sorted(counts.items()):

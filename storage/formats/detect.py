@@ -37,9 +37,7 @@ def detect_format(records: list[Record], container: str, name: str, column_map: 
         return "guanaco"
     first = next((r.value for r in records if r.error is None and isinstance(r.value, dict)), None)
     if first is None:
-        raise ImportFormatError(f"{name} has no JSON object rows, so its format can't be told. "
-                                "Each row must be an object; fix the rows listed below." if records else
-                                f"{name} has no rows to import.")
+        raise ImportFormatError(f"{name} has no JSON object rows, so its format can't be told.")
     found = row_format(first)
     if found:
         return found

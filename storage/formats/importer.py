@@ -8,7 +8,7 @@ from pathlib import Path
 
 from storage.formats import alpaca, detect, guanaco, openai_messages, pairs, readers, sharegpt, tabular
 from storage.formats.detect import FORMATS
-from storage.formats.errors import FORCE_FORMAT_HINT, SKIP_INVALID_HINT, ImportFormatError, RowError, SkipRow
+from storage.formats.errors import SKIP_INVALID_HINT, ImportFormatError, RowError, SkipRow
 from storage.records import Conversation
 
 MAX_LISTED_PROBLEMS = 20
@@ -56,27 +56,15 @@ def parse_file(path: Path, format: str | None = None, *, column_map: dict[str, s
     if column_map and format not in (None, "csv", "xlsx", "pairs"):
         raise ImportFormatError(f"A column map only applies to csv, xlsx and pairs files, not to {format}; "
                                 "drop the column map or the format.")
-    container = readers.container_of(path, format)
-    warnings: list[str] = []
-    header: list[str] = []
-    if container == "xlsx":
-        header, records = readers.read_xlsx(path)
-    else:
-        text, warnings = readers.read_text(path)
-        if container == "csv":
-            header, records = readers.read_csv(path, text)
-        elif container == "txt" and not text.lstrip().startswith(("[", "{")):
-            records = guanaco.read_txt(text)
-            container = "txt"
-        else:
-            records = readers.read_jsonl(path, text) if container == "jsonl" else readers.read_json(path, text)
-            readers.require_objects(records)
-            container = "json"
+    container, header, records, warnings = _read(path, format)
     if not records:
         raise ImportFormatError(f"{path.name} has no rows: there is nothing to import.")
     if container == "txt" and format not in (None, "guanaco"):
         raise ImportFormatError(f"{path.name} is plain text, which only the guanaco format reads; "
                                 f"give a .json/.jsonl file for {format}.")
+    if format is None and container == "json" and all(record.error for record in records):
+        broken = [(record.location, record.error) for record in records if record.error]
+        raise _rows_error(path, "JSON objects", False, broken, len(records), 0, records)
     chosen = format or detect.detect_format(records, container, path.name, column_map)
     convert = _converter(chosen, path, header, records, column_map, keep_tool_turns)
 
@@ -97,12 +85,29 @@ def parse_file(path: Path, format: str | None = None, *, column_map: dict[str, s
     return result
 
 
+def _read(path: Path, format: str | None) -> tuple[str, list[str], list[readers.Record], list[str]]:
+    """(container, table header, records, warnings) for the file."""
+    container = readers.container_of(path, format)
+    if container == "xlsx":
+        header, records = readers.read_xlsx(path)
+        return container, header, records, []
+    text, warnings = readers.read_text(path)
+    if container == "csv":
+        header, records = readers.read_csv(path, text)
+        return container, header, records, warnings
+    if container == "txt" and not text.lstrip().startswith(("[", "{")):
+        return "txt", [], guanaco.read_txt(text), warnings
+    records = readers.read_jsonl(path, text) if container == "jsonl" else readers.read_json(path, text)
+    readers.require_objects(records)
+    return "json", [], records, warnings
+
+
 def _converter(fmt: str, path: Path, header: list[str], records: list[readers.Record],
                column_map: dict[str, str] | None, keep_tool_turns: bool) -> Callable[[object], Conversation]:
-    if fmt in ("csv", "xlsx") and header:
+    if fmt in ("csv", "xlsx"):
         columns = tabular.resolve_columns(header, column_map, path.name)
         return lambda row: tabular.to_conversation(row, columns)
-    if fmt in ("csv", "xlsx", "pairs"):  # a JSON file read with a column mapping
+    if fmt == "pairs":
         columns = pairs.columns_for([r.value for r in records if isinstance(r.value, dict)], column_map, path.name)
         return lambda row: pairs.to_conversation(row, columns)
     if fmt == "sharegpt":

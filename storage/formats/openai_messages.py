@@ -1,7 +1,7 @@
 """OpenAI chat rows, one per JSONL line: {"messages": [{"role": …, "content": …}, …]} (what TRL reads).
 
-Content may also be a list of text parts. Tool use (a `tools` field, `tool` messages, assistant
-`tool_calls`) makes the row skipped unless tool turns are kept as text.
+Content may also be a list of text parts. Tool use (a `tools` field, `tool`/`function` messages, assistant
+`tool_calls`/`function_call`) makes the row skipped unless tool turns are kept as text.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _content(value: object, field: str) -> str:
 
 
 def to_conversation(row: dict, *, keep_tool_turns: bool = False) -> Conversation:
-    if row.get("tools") is not None and not keep_tool_turns:  # even "[]": it comes from a tool-calling set
+    if has_tools(row.get("tools")) and not keep_tool_turns:  # an empty list ("[]") offers no tool
         raise SkipRow(TOOL_SKIP_REASON)
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -50,11 +50,12 @@ def to_conversation(row: dict, *, keep_tool_turns: bool = False) -> Conversation
         role = ROLES.get(message.get("role")) if isinstance(message.get("role"), str) else None
         if role is None:
             raise RowError(f"{field}.role", f"is {message.get('role')!r}", "use system, user or assistant")
-        if role == "assistant" and message.get("tool_calls"):
+        call_key = next((k for k in ("tool_calls", "function_call") if message.get(k)), None)
+        if role == "assistant" and call_key:
             if message.get("content"):
                 turns.append(Turn("assistant", _content(message["content"], f"{field}.content"), f"{field}.content"))
-            calls = json.dumps(message["tool_calls"], ensure_ascii=False)
-            turns.append(Turn(TOOL_CALL, calls, f"{field}.tool_calls"))
+            calls = json.dumps(message[call_key], ensure_ascii=False)
+            turns.append(Turn(TOOL_CALL, calls, f"{field}.{call_key}"))
             continue
         turns.append(Turn(role, _content(message.get("content"), f"{field}.content"), f"{field}.content"))
     if has_tools(row.get("tools")):

@@ -17,7 +17,6 @@ from typing import Any
 
 from storage.formats.errors import ImportFormatError, RowError, type_name
 
-CONTAINERS = ("json", "jsonl", "csv", "xlsx", "txt")
 _SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
              ".xlsx": "xlsx", ".xlsm": "xlsx", ".txt": "txt"}
 
@@ -39,6 +38,7 @@ def container_of(path: Path, format: str | None) -> str:
 
 
 def read_bytes(path: Path) -> bytes:
+    """The file's bytes; a missing, unreadable or empty file is refused by name."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -47,7 +47,7 @@ def read_bytes(path: Path) -> bytes:
         raise ImportFormatError(f"{path} is a folder: give the path of a file inside it.") from None
     except OSError as exc:
         raise ImportFormatError(f"{path} can't be read ({exc.strerror}).") from None
-    if not data.strip():
+    if not data.removeprefix(b"\xef\xbb\xbf").strip():
         raise ImportFormatError(f"{path.name} is empty: there is nothing to import. Check you exported the right file.")
     return data
 
@@ -77,12 +77,13 @@ def _not_utf8_message(path: Path, data: bytes, exc: UnicodeDecodeError) -> str:
     line = data.count(b"\n", 0, exc.start) + 1
     column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
     bad = data[exc.start:exc.start + 1]
-    context = data[max(0, exc.start - 30):exc.start + 30].decode("cp1252", errors="replace").splitlines()
-    snippet = next((part for part in context if bad.decode("cp1252", errors="replace") in part), "")
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    snippet = data[max(line_start, exc.start - 20):exc.start + 20].split(b"\n")[0]
+    snippet_text = snippet.decode("cp1252", errors="replace").strip()
     return (
         f"{path.name} is not UTF-8 text: byte 0x{bad.hex().upper()} at byte offset {exc.start} "
         f"(line {line}, column {column}) is not valid UTF-8"
-        + (f' (read as Windows-1252 that part says "{snippet.strip()}")' if snippet.strip() else "")
+        + (f' (read as Windows-1252 it says "…{snippet_text}…")' if snippet_text else "")
         + ". The file was probably saved as Windows-1252/Latin-1 (Excel's plain 'CSV' and old Windows editors do that). "
         f"Re-save it as UTF-8 (in Excel: 'CSV UTF-8'), or convert it: "
         f"`iconv -f cp1252 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}` "
@@ -90,7 +91,7 @@ def _not_utf8_message(path: Path, data: bytes, exc: UnicodeDecodeError) -> str:
     )
 
 
-_MOJIBAKE_CANDIDATE = re.compile(r"\S*[ÃÂâÅÐÑ][\x80-\xbf\u0152-\u2122]\S*")
+_MOJIBAKE_CANDIDATE = re.compile(r"[\w\x80-\xbf\u0152-\u2122]*[ÃÂâÅÐÑ][\x80-\xbf\u0152-\u2122][\w\x80-\xbf\u0152-\u2122]*")
 
 
 def double_encoding_warning(path: Path, text: str) -> str | None:
@@ -123,8 +124,7 @@ class _Lines:
 
 def _json_error(path: Path, text: str, exc: json.JSONDecodeError) -> ImportFormatError:
     line_text = text.split("\n")[exc.lineno - 1]
-    start = max(0, exc.colno - 40)
-    excerpt = line_text[start:exc.colno + 20].strip()
+    excerpt = line_text[max(0, exc.colno - 31):exc.colno + 39].strip()
     return ImportFormatError(
         f"{path.name} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         + (f" (near `{excerpt}`)" if excerpt else "")
@@ -206,7 +206,7 @@ def read_jsonl(path: Path, text: str) -> list[Record]:
             records.append(Record(f"line {number}", json.loads(line)))
         except json.JSONDecodeError as exc:
             records.append(Record(f"line {number}", error=RowError(
-                None, f"is not valid JSON ({exc.msg} at column {exc.colno})",
+                None, f"is not valid JSON ({exc.msg}, column {exc.colno})",
                 "each line must be one complete JSON object; look for a missing quote, comma or brace, "
                 "or an object split over several lines")))
     return records
@@ -240,17 +240,18 @@ def read_xlsx(path: Path) -> tuple[list[str], list[Record]]:
     from openpyxl.utils.exceptions import InvalidFileException
 
     read_bytes(path)
-    try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as exc:
-        raise ImportFormatError(
-            f"{path.name} is not a readable .xlsx workbook ({exc}). If it is an old .xls file or another format, "
-            "open it in Excel or LibreOffice and save it as .xlsx or as 'CSV UTF-8'.") from None
-    try:
-        sheet = workbook.worksheets[0]
-        rows = [[_cell_text(v) for v in row] for row in sheet.iter_rows(values_only=True)]
-    finally:
-        workbook.close()
+    with path.open("rb") as stream:  # a stream, so a workbook with another extension still opens
+        try:
+            workbook = openpyxl.load_workbook(stream, read_only=True, data_only=True)
+        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as exc:
+            raise ImportFormatError(
+                f"{path.name} is not a readable .xlsx workbook ({exc}). If it is an old .xls file or another "
+                "format, open it in Excel or LibreOffice and save it as .xlsx or as 'CSV UTF-8'.") from None
+        try:
+            sheet = workbook.worksheets[0]
+            rows = [[_cell_text(v) for v in row] for row in sheet.iter_rows(values_only=True)]
+        finally:
+            workbook.close()
     return _table(path, rows, sheet=sheet.title)
 
 

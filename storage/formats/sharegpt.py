@@ -24,7 +24,7 @@ def matches(row: dict) -> bool:
 
 
 def to_conversation(row: dict, *, keep_tool_turns: bool = False) -> Conversation:
-    if row.get("tools") is not None and not keep_tool_turns:  # even "[]": it comes from a tool-calling set
+    if has_tools(row.get("tools")) and not keep_tool_turns:  # an empty list ("[]") offers no tool
         raise SkipRow(TOOL_SKIP_REASON)
     key = "conversations" if "conversations" in row else "messages"
     items = row.get(key)

@@ -104,7 +104,8 @@ def to_conversation(turns: list[Turn]) -> Conversation:
         if turn.role != expected:
             after = f"after a {body[i - 1].role} message" if i else "first"
             raise RowError(turn.field, f"is a {turn.role} message {after}; turns must alternate user/assistant, "
-                           "starting with user", f"make it a {expected} message, or merge it with its neighbour")
+                           "starting with user", f"make it {'an assistant' if expected == 'assistant' else 'a user'} message, "
+                           "or merge it with its neighbour")
     if not body:
         raise RowError(None, "has only a system message", "add a user prompt and an assistant response")
     if body[-1].role != "assistant":
