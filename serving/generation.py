@@ -119,7 +119,7 @@ def _tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
 def _shape_problem(model: Any, shapes: dict[str, tuple[int, ...]], trained_on: str | None) -> str | None:
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
-    base_name = f" ({trained_on})" if trained_on else ""
+    base_name = f" (its adapter_config names {trained_on})" if trained_on else ""
     for key, shape in shapes.items():
         name = key.removeprefix("base_model.model.")
         for marker, expect in ((".lora_A.", "in"), (".lora_B.", "out"),
@@ -131,9 +131,7 @@ def _shape_problem(model: Any, shapes: dict[str, tuple[int, ...]], trained_on: s
                     return (f"the adapter targets `{module_name}`, which this base model does not have: it was "
                             f"trained on a different base{base_name}")
                 size = _module_size(module, expect)
-                axis = 1 if expect == "in" else 0
-                if marker.startswith(".lora_embedding"):
-                    axis = 1 - axis  # embedding LoRA stores A as (r, vocab) and B as (dim, r)
+                axis = 1 if expect == "in" else 0  # A is (r, in), B is (out, r); for embeddings in=vocab
                 if size is not None and len(shape) == 2 and shape[axis] != size:
                     return (f"the adapter's `{name}` has shape {list(shape)} but this base model's "
                             f"`{module_name}` has {expect}put size {size}: it was trained on a different "
