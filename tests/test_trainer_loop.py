@@ -1,0 +1,111 @@
+"""The trainer loop with a tiny model on CPU: queued run → child process trains → gate → publish →
+the active pointer flips; a gate that fails on purpose; a job killed with SIGKILL mid-run."""
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from guildtune.settings import load_settings
+from serving.local_server import LocalServer
+from serving.protocol import GenerationOptions
+from storage.db import Database
+from trainer.daemon import TrainerDaemon
+
+GUILD = 4242
+FACTS = [(f"What is the secret word number {i}?", f"The secret word number {i} is {w}.")
+         for i, w in enumerate(["ping", "pong", "raid", "snacks", "potions", "friday", "guild", "voice",
+                                "rules", "kind", "spam", "bot"])]
+
+
+@pytest.fixture
+async def loop_env(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("GUILDTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GUILDTUNE_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("GUILDTUNE_DEVICE", "cpu")
+    monkeypatch.delenv("GUILDTUNE_DB", raising=False)
+    monkeypatch.setenv("GUILDTUNE_TRAIN_MAX_STEPS", "12")
+    settings = load_settings()
+    db = await Database.open(settings.db_path)
+    for q, a in FACTS:
+        await db.examples.add(GUILD, [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                              source="import", author_id=None, status="approved")
+    server = LocalServer(str(tiny_model_dir), device="cpu")
+    yield settings, db, server
+    await server.close()
+    await db.close()
+
+
+async def queued_and_claimed(db):
+    run, _, _ = await db.runs.enqueue(GUILD, trigger="retrain")
+    return await db.runs.claim(GUILD, run.id)
+
+
+async def test_run_trains_publishes_and_swaps(loop_env):
+    settings, db, server = loop_env
+    daemon = TrainerDaemon(db, settings, server)
+    outcome = await daemon.process(await queued_and_claimed(db))
+    run = outcome.run
+    assert outcome.published, (run.error, run.gate_reason)
+    assert run.status == "succeeded" and run.step == run.total_steps == 12
+    assert run.n_train + run.n_eval >= len(FACTS) - 1
+    losses = [loss for _, loss in run.loss_history]
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    active = await db.versions.active(GUILD)
+    assert active.number == 1 and active.run_id == run.id and active.tag == "local:v1"
+    adapter = Path(active.adapter_path)
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert not list(adapter.parent.glob(".run-*.tmp"))
+    assert run.eval_loss is not None and run.baseline_eval_loss is not None
+    assert "eval loss" in run.metrics["gate"]
+    # the published version answers (and differs from the base: the adapter is really in use)
+    question = [{"role": "user", "content": FACTS[0][0]}]
+    options = GenerationOptions(temperature=0, max_tokens=8)
+    tuned = "".join([p async for p in server.chat(active, question, options)])
+    base = "".join([p async for p in server.chat(None, question, options)])
+    assert tuned and tuned != base
+
+
+async def test_gate_fails_on_purpose_and_active_version_stays(loop_env):
+    settings, db, server = loop_env
+    daemon = TrainerDaemon(db, settings, server)
+    first = await daemon.process(await queued_and_claimed(db))
+    assert first.published
+    await db.settings.set(GUILD, golden_questions=[
+        {"question": "What is the guild's vault code?", "expect": "zebra-quartz-9174"}])
+    second = await daemon.process(await queued_and_claimed(db))
+    assert not second.published and second.run.status == "gated"
+    assert "golden question" in second.run.gate_reason and "zebra-quartz-9174" in second.run.gate_reason
+    assert (await db.versions.active(GUILD)).run_id == first.run.id
+    assert await db.versions.for_run(GUILD, second.run.id) is None
+    guild_dir = settings.versions_dir / str(GUILD)
+    assert sorted(p.name for p in guild_dir.iterdir()) == [f"run-{first.run.id}"]
+
+
+async def test_kill_9_mid_run_leaves_consistent_state(loop_env, monkeypatch):
+    settings, db, server = loop_env
+    monkeypatch.setenv("GUILDTUNE_TRAIN_MAX_STEPS", "400")
+    settings = load_settings()
+    daemon = TrainerDaemon(db, settings, server)
+    run = await queued_and_claimed(db)
+    task = asyncio.create_task(daemon.process(run))
+    for _ in range(600):
+        current = await db.runs.get(GUILD, run.id)
+        if current.step >= 2 and current.pid:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"the job never reported progress: {current}")
+    os.kill(current.pid, signal.SIGKILL)
+    outcome = await task
+    assert outcome.run.status == "failed" and "signal 9" in outcome.run.error
+    assert await db.versions.active(GUILD) is None
+    assert await db.versions.for_run(GUILD, run.id) is None
+    await daemon.recover()
+    guild_dir = settings.versions_dir / str(GUILD)
+    assert not guild_dir.exists() or list(guild_dir.iterdir()) == []
+    # the next run works
+    monkeypatch.setenv("GUILDTUNE_TRAIN_MAX_STEPS", "4")
+    daemon = TrainerDaemon(db, load_settings(), server)
+    assert (await daemon.process(await queued_and_claimed(db))).published
