@@ -25,7 +25,7 @@ console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
     return typer.Exit(code)
 
 
@@ -34,6 +34,18 @@ def settings_or_exit() -> Settings:
         return load_settings()
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
+
+
+def run_async(coro) -> int:
+    """Run a command's coroutine; errors meant for the user are printed without a traceback."""
+    from serving.protocol import ModelServerError
+    from trainer.base_model import BaseModelError
+    from trainer.chat_template import ChatTemplateError
+
+    try:
+        return asyncio.run(coro)
+    except (ModelServerError, BaseModelError, ChatTemplateError) as exc:
+        raise fail(str(exc)) from None
 
 
 async def open_db(settings: Settings):
@@ -185,7 +197,7 @@ def _serve(bot: bool, trainer: bool) -> None:
         install_signal_handlers(stop)
         await run_services(settings, bot=bot, trainer=trainer, stop=stop)
 
-    asyncio.run(main())
+    run_async(main())
 
 
 @app.command()
@@ -212,8 +224,7 @@ def train(guild: int = typer.Option(..., "--guild", "-g", help="Guild id to trai
     from guildtune.train_command import train_now
 
     settings = settings_or_exit()
-    code = asyncio.run(train_now(settings, guild, console))
-    raise typer.Exit(code)
+    raise typer.Exit(run_async(train_now(settings, guild, console)))
 
 
 @app.command()
@@ -226,7 +237,7 @@ def ask(
     from guildtune.ask_command import ask_once
 
     settings = settings_or_exit()
-    raise typer.Exit(asyncio.run(ask_once(settings, guild, question, version, console)))
+    raise typer.Exit(run_async(ask_once(settings, guild, question, version, console)))
 
 
 @app.command()
@@ -237,7 +248,7 @@ def demo(
     """The whole loop offline: base answers, training on invented community facts, swap, new answers."""
     from guildtune.demo import run_demo
 
-    raise typer.Exit(asyncio.run(run_demo(data_dir, steps, console)))
+    raise typer.Exit(run_async(run_demo(data_dir, steps, console)))
 
 
 @app.command()
