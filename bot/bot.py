@@ -3,6 +3,7 @@ and loads one extension per feature."""
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 import discord
 from discord.ext import commands
@@ -27,7 +28,8 @@ def default_intents(message_content: bool = True) -> discord.Intents:
 
 class GuildtuneBot(commands.Bot):
     def __init__(self, *, db: Database, server: ModelServer, settings: Settings,
-                 tracker: ActiveVersionTracker | None = None, message_content: bool = True):
+                 tracker: ActiveVersionTracker | None = None, message_content: bool = True,
+                 extensions: Iterable[str] = EXTENSIONS):
         super().__init__(command_prefix=commands.when_mentioned, intents=default_intents(message_content),
                          chunk_guilds_at_startup=False,
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None)
@@ -36,9 +38,10 @@ class GuildtuneBot(commands.Bot):
         self.settings = settings
         self.tracker = tracker or ActiveVersionTracker(db, server, poll_s=settings.version_poll_s)
         self.message_content_enabled = message_content
+        self.extension_names = tuple(extensions)  # tests may load a subset; the CLI loads them all
 
     async def setup_hook(self) -> None:
-        for ext in EXTENSIONS:
+        for ext in self.extension_names:
             await self.load_extension(ext)
         await self.tracker.start()
         if self.settings.dev_guild_id:

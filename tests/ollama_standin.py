@@ -183,6 +183,8 @@ class OllamaStandIn:
         self.fail_next_chat: str | None = None  # error line after the first chat chunk
         self.delay_s: float = 0.0  # before each chat chunk and each create progress line
         self.corrupt_next_blob = False  # flip a byte of the next upload, as a broken link would
+        # Exact replies for tests: last user message -> reply text (otherwise `standin_reply`).
+        self.scripted_replies: dict[str, str] = {}
         # What happened, for assertions.
         self.requests: list[tuple[str, str, Any]] = []
         self.load_events: list[str] = []
@@ -452,7 +454,9 @@ class OllamaStandIn:
             self._load(model, keep_alive)
             return web.json_response(self._final(model, "load", 0, 0))
         self._load(model, keep_alive)
-        pieces = reply_pieces(standin_reply(model.name, messages))
+        last_user = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+        reply = self.scripted_replies.get(last_user) or standin_reply(model.name, messages)
+        pieces = reply_pieces(reply)
         limit = options.get("num_predict", -1)
         done_reason = "stop"
         if isinstance(limit, int) and 0 <= limit < len(pieces):
