@@ -1,0 +1,269 @@
+"""`TrainConfig`: every knob of a LoRA SFT run, documented on the field (TRL's `…Config` style).
+
+Decisions that depend on the machine (bf16 or fp32, QLoRA or not, the optimizer, gradient
+checkpointing) are made in one place, `TrainConfig.plan(...)`, so a run's log and its tests can
+show exactly what was chosen and why. The number of optimizer steps scales with the dataset:
+`total_steps(n_train)` aims at `target_steps`, bounded by `min_epochs` and `max_epochs`.
+
+No torch import at module level: the bot and the CLI can read and print a config cheaply.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+#: Default share of examples held out for evaluation, and the least the gate accepts as an eval split.
+DEFAULT_EVAL_FRACTION = 0.1
+DEFAULT_MIN_EVAL_EXAMPLES = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one LoRA SFT run. Defaults suit a small community dataset on one GPU or a CPU."""
+
+    # --- LoRA -----------------------------------------------------------------------------------
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank: the adapter's capacity. 8-64 is usual."})
+    lora_alpha: int = field(default=32, metadata={
+        "help": "LoRA scaling numerator; the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)."})
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "Dropout on the LoRA input. 0 is fastest; 0.05-0.1 regularises very small datasets."})
+    target_modules: str | tuple[str, ...] = field(default="all-linear", metadata={
+        "help": "Modules that get adapters: 'all-linear' (every linear layer but the output head) or names "
+                "such as ('q_proj', 'v_proj')."})
+    use_rslora: bool = field(default=False, metadata={
+        "help": "Rank-stabilised LoRA (scale alpha/sqrt(r)); helps at high ranks."})
+
+    # --- how long ------------------------------------------------------------------------------
+    target_steps: int = field(default=100, metadata={
+        "help": "Optimizer steps to aim at; epochs = ceil(target_steps / steps per epoch), then bounded by "
+                "min_epochs/max_epochs. Small datasets get more passes, large ones fewer."})
+    min_epochs: int = field(default=1, metadata={"help": "At least this many passes over the training split."})
+    max_epochs: int = field(default=30, metadata={
+        "help": "At most this many passes (stops a handful of examples from being memorised for hours)."})
+    num_epochs: int | None = field(default=None, metadata={
+        "help": "Fixed number of epochs; overrides the target_steps policy when set."})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "Hard cap on optimizer steps after the policy (GUILDTUNE_TRAIN_MAX_STEPS); for tests and demos."})
+
+    # --- optimisation --------------------------------------------------------------------------
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the adapter weights."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps spent warming the LR up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the adapter weights."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    per_device_batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass."})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "Forward passes per optimizer step; effective batch = batch size x this."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass when evaluating."})
+    max_length: int = field(default=1024, metadata={
+        "help": "Tokens per conversation after templating; longer ones are truncated (the end is cut)."})
+    seed: int = field(default=42, metadata={"help": "Seed for adapter init, shuffling and dropout."})
+    optim: str = field(default="auto", metadata={
+        "help": "Optimizer name for transformers, or 'auto': paged_adamw_8bit with QLoRA, adamw_torch_fused "
+                "on CUDA, adamw_torch on CPU."})
+
+    # --- hardware ------------------------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "Where to train: 'auto' uses CUDA when available, else the CPU."})
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
+        "help": "'auto': bf16 on a GPU that supports it, fp32 otherwise (fp16 is not offered: Gemma 3 "
+                "overflows in fp16)."})
+    qlora: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "4-bit base weights (bitsandbytes nf4, double quant, bf16 compute) + paged 8-bit AdamW. "
+                "'auto': on only with CUDA + bitsandbytes when the bf16 LoRA estimate does not fit the "
+                "GPU memory (or memory_cap_gib); 'on' requires CUDA and bitsandbytes."})
+    memory_cap_gib: float | None = field(default=None, metadata={
+        "help": "Train as if the GPU had only this much memory (small cards / sharing a card)."})
+    gradient_checkpointing: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "Recompute activations in the backward pass: less memory, ~30% slower. 'auto': only when "
+                "the estimate without it does not fit."})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "Attention kernel; None picks 'eager' for Gemma models (advised for training) and 'sdpa' "
+                "otherwise."})
+
+    # --- data layout (speed work of issue 7 plugs in here) --------------------------------------
+    packing: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "Pack several conversations into fixed rows (TRL 'bfd', padding-free) with per-conversation "
+                "attention (trainer/packing.py). 'auto': on with CUDA + bf16, off on the CPU; see "
+                "trainer/speed.py. True/False are read as on/off."})
+    liger: Literal["auto", "off"] = field(default="auto", metadata={
+        "help": "Liger's fused RMSNorm/SwiGLU/RoPE kernels: 'auto' uses them on CUDA when liger-kernel is "
+                "installed and supports the model family (trainer/speed.py); 'off' never."})
+    pad_to_multiple_of: int | None = field(default=None, metadata={
+        "help": "Pad batches to a multiple of this many tokens (static shapes for compiled kernels)."})
+
+    # --- evaluation & logging -------------------------------------------------------------------
+    eval_fraction: float = field(default=DEFAULT_EVAL_FRACTION, metadata={
+        "help": "Share of examples held out for the gate's eval loss (split by example id)."})
+    min_eval_examples: int = field(default=DEFAULT_MIN_EVAL_EXAMPLES, metadata={
+        "help": "Fewer held-out examples than this and the gate falls back to train loss (and says so)."})
+    logging_steps: int = field(default=1, metadata={"help": "Report the training loss every N steps."})
+    report_to: str = field(default="none", metadata={
+        "help": "Experiment trackers for transformers: 'none', 'tensorboard', 'wandb' (comma-separated)."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.packing, bool):  # older configs said packing=True/False
+            object.__setattr__(self, "packing", "on" if self.packing else "off")
+        problems = []
+        if self.lora_r < 1:
+            problems.append(f"lora_r={self.lora_r} must be >= 1")
+        if self.lora_alpha <= 0:
+            problems.append(f"lora_alpha={self.lora_alpha} must be > 0")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate={self.learning_rate} must be > 0")
+        if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1 or self.eval_batch_size < 1:
+            problems.append("batch sizes and gradient_accumulation_steps must be >= 1")
+        if self.max_length < 16:
+            problems.append(f"max_length={self.max_length} must be >= 16 tokens")
+        if not 1 <= self.min_epochs <= self.max_epochs:
+            problems.append(f"need 1 <= min_epochs ({self.min_epochs}) <= max_epochs ({self.max_epochs})")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps={self.max_steps} must be >= 1")
+        if not 0 < self.eval_fraction < 1:
+            problems.append(f"eval_fraction={self.eval_fraction} must be between 0 and 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device={self.device!r}: allowed auto, cpu, cuda")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            problems.append(f"precision={self.precision!r}: allowed auto, bf16, fp32")
+        if self.qlora not in ("auto", "on", "off"):
+            problems.append(f"qlora={self.qlora!r}: allowed auto, on, off")
+        if self.liger not in ("auto", "off"):
+            problems.append(f"liger={self.liger!r}: allowed auto, off")
+        if self.packing not in ("auto", "on", "off"):
+            problems.append(f"packing={self.packing!r}: allowed auto, on, off")
+        if self.gradient_checkpointing not in ("auto", "on", "off"):
+            problems.append(f"gradient_checkpointing={self.gradient_checkpointing!r}: allowed auto, on, off")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    # --- policies -------------------------------------------------------------------------------
+    @classmethod
+    def for_dataset(cls, n_train: int, *, max_steps: int | None = None, device: str = "auto",
+                    qlora: str = "auto", memory_cap_gib: float | None = None, **overrides: Any) -> "TrainConfig":
+        """The default config for a training split of `n_train` conversations, with the CLI's overrides.
+
+        Tiny splits get a batch no larger than themselves (a batch of 8 over 3 examples would pad
+        and repeat nothing); the step policy then scales epochs to the data.
+        """
+        batch = overrides.pop("per_device_batch_size", None) or max(1, min(8, n_train))
+        return cls(max_steps=max_steps, device=device, qlora=qlora, memory_cap_gib=memory_cap_gib,
+                   per_device_batch_size=batch, **overrides)
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        per_step = self.per_device_batch_size * self.gradient_accumulation_steps
+        return max(1, math.ceil(n_train / per_step))
+
+    def epochs(self, n_train: int) -> int:
+        if self.num_epochs is not None:
+            return self.num_epochs
+        wanted = math.ceil(self.target_steps / self.steps_per_epoch(n_train))
+        return max(self.min_epochs, min(self.max_epochs, wanted))
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps of a run on `n_train` examples: epochs x steps per epoch, capped by max_steps."""
+        steps = self.epochs(n_train) * self.steps_per_epoch(n_train)
+        return min(steps, self.max_steps) if self.max_steps is not None else steps
+
+    def with_overrides(self, **changes: Any) -> "TrainConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if isinstance(data["target_modules"], tuple):
+            data["target_modules"] = list(data["target_modules"])
+        return data
+
+    # --- machine-dependent choices ---------------------------------------------------------------
+    def plan(self, model_type: str | None = None, *, estimate_gib: dict[str, float] | None = None) -> "Plan":
+        """Decide device, dtype, QLoRA, optimizer and checkpointing for this machine.
+
+        `estimate_gib` maps "lora", "lora_checkpointed" and "qlora" to estimated peak GiB (see
+        trainer/estimate.py); without it, 'auto' keeps QLoRA and checkpointing off.
+        """
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if self.device == "cuda" and not cuda:
+            raise RuntimeError("GUILDTUNE_DEVICE=cuda but no CUDA GPU is visible to torch; set it to auto or cpu.")
+        device = "cuda" if (self.device == "cuda" or (self.device == "auto" and cuda)) else "cpu"
+        reasons: list[str] = []
+        if self.precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise RuntimeError("precision=bf16 but this GPU does not support bf16; use precision=auto or fp32.")
+        if self.precision == "bf16" and device == "cpu":
+            bf16 = True
+        elif self.precision == "auto":
+            bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+        else:
+            bf16 = self.precision == "bf16"
+        reasons.append(f"{'bf16' if bf16 else 'fp32'} on {device}")
+
+        capacity = None
+        if device == "cuda":
+            capacity = torch.cuda.get_device_properties(0).total_memory / 2**30
+            if self.memory_cap_gib is not None:
+                capacity = min(capacity, self.memory_cap_gib)
+        qlora = False
+        if self.qlora == "on":
+            if device != "cuda":
+                raise RuntimeError("QLoRA (GUILDTUNE_QLORA=on) needs a CUDA GPU; set it to auto or off on a CPU.")
+            if not _bitsandbytes_available():
+                raise RuntimeError("QLoRA needs bitsandbytes: pip install 'guildtune[gpu]' (or bitsandbytes).")
+            qlora = True
+            reasons.append("QLoRA on (configured)")
+        elif self.qlora == "auto" and device == "cuda" and estimate_gib and capacity is not None:
+            if estimate_gib.get("lora_checkpointed", 0) > 0.9 * capacity and _bitsandbytes_available():
+                qlora = True
+                reasons.append(f"QLoRA on: bf16 LoRA needs ~{estimate_gib['lora_checkpointed']:.1f} GiB "
+                               f"> 90% of {capacity:.1f} GiB")
+        if qlora and not bf16 and device == "cuda":
+            bf16 = torch.cuda.is_bf16_supported()
+
+        if self.gradient_checkpointing == "on":
+            checkpointing = True
+        elif self.gradient_checkpointing == "off":
+            checkpointing = False
+        else:
+            key = "qlora" if qlora else "lora"
+            checkpointing = bool(estimate_gib and capacity is not None
+                                 and estimate_gib.get(key, 0) > 0.9 * capacity)
+            if checkpointing:
+                reasons.append(f"gradient checkpointing on: ~{estimate_gib[key]:.1f} GiB without it "
+                               f"> 90% of {capacity:.1f} GiB")
+
+        if self.optim != "auto":
+            optim = self.optim
+        elif qlora:
+            optim = "paged_adamw_8bit"
+        elif device == "cuda":
+            optim = "adamw_torch_fused"
+        else:
+            optim = "adamw_torch"
+        attn = self.attn_implementation or ("eager" if (model_type or "").startswith("gemma") else "sdpa")
+        return Plan(device=device, bf16=bf16, qlora=qlora, gradient_checkpointing=checkpointing, optim=optim,
+                    attn_implementation=attn, reasons=reasons)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `TrainConfig.plan` chose for this machine, with the reasons in words for the run's log."""
+
+    device: str
+    bf16: bool
+    qlora: bool
+    gradient_checkpointing: bool
+    optim: str
+    attn_implementation: str
+    reasons: list[str]
+
+    @property
+    def torch_dtype_name(self) -> str:
+        return "bfloat16" if self.bf16 else "float32"
+
+
+def _bitsandbytes_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None

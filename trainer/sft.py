@@ -1,0 +1,402 @@
+"""LoRA SFT of one run (TRL `SFTTrainer` + PEFT), and the eval loss the gate compares.
+
+`run_sft` trains a fresh adapter on the training split with loss on assistant tokens only (the
+chat template's `{% generation %}` span: each answer and its end-of-turn token), reports progress
+and honours cancellation through a `TrainerCallback`, writes the PEFT adapter and the tokenizer into
+`output_dir` (nothing outside it), and measures the eval loss of the result.
+
+`eval_loss` measures any version (base alone, or base + adapter) on the same split with the same
+function, so the gate's candidate-vs-active comparison uses one yardstick: the mean negative
+log-likelihood per assistant token, computed only at labelled positions (the logits of a 262k-word
+vocabulary are never materialised for the whole sequence).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from trainer.config import Plan, TrainConfig
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+log = logging.getLogger("trainer.sft")
+
+ProgressFn = Callable[[int, int, "float | None", "float | None"], None]
+#: Upper bound on the logits one eval forward pass may hold (bytes); batches are sized to fit.
+EVAL_LOGITS_BUDGET = 512 * 2**20
+
+
+@dataclass
+class SFTResult:
+    """What a run produced. Losses are mean NLL per assistant token; `eval_loss` uses `eval_loss()`'s yardstick."""
+
+    train_loss: float | None
+    eval_loss: float | None
+    loss_history: list[tuple[int, float]]
+    steps: int
+    total_steps: int
+    n_train: int
+    n_eval: int
+    cancelled: bool = False
+    eval_tokens: int = 0
+    duration_s: float = 0.0
+    plan: dict = field(default_factory=dict)
+
+
+# --- tokenizer and labels -------------------------------------------------------------------------
+
+def load_tokenizer(model_dir: str | Path, model_type: str | None = None, name: str | None = None):
+    """The model's tokenizer with a training chat template (generation markers) and a pad token ≠ EOS."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from trainer.chat_template import check_assistant_mask, training_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if model_type is None:
+        model_type = AutoConfig.from_pretrained(str(model_dir)).model_type
+    tokenizer.chat_template = training_chat_template(tokenizer, model_type, name or str(model_dir))
+    check_assistant_mask(tokenizer)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        vocab = tokenizer.get_vocab()
+        for candidate in ("<pad>", "<|finetune_right_pad_id|>", "<|pad|>", "[PAD]", "<|endoftext|>"):
+            if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+                tokenizer.pad_token = candidate
+                break
+        else:
+            log.warning("%s has no pad token distinct from EOS; padding with EOS (labels stay masked)", model_dir)
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encode_conversation(tokenizer, messages: list[dict], max_length: int | None = None) -> dict[str, list[int]]:
+    """Token ids and labels of one conversation: assistant tokens labelled, everything else -100.
+
+    The same rule TRL applies with `assistant_only_loss=True` (a test holds them equal).
+    """
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    labels = [tok if m else -100 for tok, m in zip(ids, mask)]
+    if max_length is not None:
+        ids, labels = ids[:max_length], labels[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+# --- model loading --------------------------------------------------------------------------------
+
+def _model_type(model_dir: str | Path) -> str:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_dir)).model_type
+
+
+def plan_for(base_dir: str | Path, cfg: TrainConfig) -> Plan:
+    """The machine-dependent choices for this base model, using the memory estimate on a GPU."""
+    import torch
+
+    model_type = _model_type(base_dir)
+    estimates = None
+    if torch.cuda.is_available() and cfg.device != "cpu" and "auto" in (cfg.qlora, cfg.gradient_checkpointing):
+        from trainer.estimate import estimate_memory
+
+        gib = 2**30
+        kw = dict(seq_len=cfg.max_length, batch_size=cfg.per_device_batch_size, lora_r=cfg.lora_r,
+                  eager_attention=(cfg.attn_implementation or ("eager" if model_type.startswith("gemma")
+                                                               else "sdpa")) == "eager")
+        estimates = {
+            "lora": estimate_memory(str(base_dir), "lora", gradient_checkpointing=False, **kw).total_bytes / gib,
+            "lora_checkpointed": estimate_memory(str(base_dir), "lora", gradient_checkpointing=True,
+                                                 **kw).total_bytes / gib,
+            "qlora": estimate_memory(str(base_dir), "qlora", gradient_checkpointing=False, **kw).total_bytes / gib,
+        }
+    return cfg.plan(model_type, estimate_gib=estimates)
+
+
+def load_model(base_dir: str | Path, plan: Plan):
+    """The base model in the plan's dtype (4-bit nf4 with QLoRA) on the plan's device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": torch.bfloat16 if plan.bf16 else torch.float32,
+                    "attn_implementation": plan.attn_implementation}
+    if plan.qlora:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    if plan.device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    if plan.device == "cpu":
+        model.to("cpu")
+    return model
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, use_rslora=cfg.use_rslora, bias="none", task_type="CAUSAL_LM")
+
+
+# --- progress and cancellation --------------------------------------------------------------------
+
+def _progress_callback(total_steps: int, on_progress: ProgressFn | None, should_cancel: Callable[[], bool] | None,
+                       history: list[tuple[int, float]], state: dict):
+    from transformers import TrainerCallback
+
+    class ProgressAndCancel(TrainerCallback):
+        """Reports (step, total, loss, ETA) at each logged loss and stops training when asked to."""
+
+        def on_train_begin(self, args, st, control, **kwargs):
+            state["t0"] = time.perf_counter()
+
+        def on_log(self, args, st, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs or st.global_step == 0:
+                return
+            loss = float(logs["loss"])
+            history.append((st.global_step, loss))
+            elapsed = time.perf_counter() - state["t0"]
+            eta = elapsed / st.global_step * max(0, total_steps - st.global_step)
+            if on_progress is not None:
+                on_progress(st.global_step, total_steps, loss, eta)
+            self.on_step_end(args, st, control)  # a cancel noticed while reporting stops at this step
+
+        def on_step_end(self, args, st, control, **kwargs):
+            if should_cancel is not None and should_cancel():
+                state["cancelled"] = True
+                control.should_training_stop = True
+
+    return ProgressAndCancel()
+
+
+# --- training -------------------------------------------------------------------------------------
+
+@dataclass
+class PreparedRun:
+    """An SFTTrainer ready to train (its `train_dataset` is tokenized, with labels), and what it was built from."""
+
+    trainer: object
+    tokenizer: object
+    plan: Plan
+    total_steps: int
+    #: The speed choices (packing, checkpointing, kernels) of trainer/speed.py, as a dict.
+    speed: dict = field(default_factory=dict)
+
+
+def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, work_dir: str | Path,
+                    callbacks: list | tuple = ()) -> PreparedRun:
+    """Load tokenizer + model per the machine's plan and build the TRL SFTTrainer with a fresh LoRA adapter.
+
+    `train_ds` has a `messages` column (loss on assistant tokens), or is pre-tokenized (`input_ids`,
+    optional `labels`/`assistant_masks`; benchmarks feed the anchors' exact token rows this way).
+    """
+    from dataclasses import replace
+
+    from transformers import AutoConfig, PrinterCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.speed import choose_speed, install, sample_lengths, sft_overrides, wants_lengths
+
+    plan = plan_for(base_model_dir, cfg)
+    total_steps = cfg.total_steps(len(train_ds))
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(base_model_dir)
+    lengths = sample_lengths(train_ds, tokenizer) if wants_lengths(cfg, plan) else None
+    speed = choose_speed(cfg, plan, AutoConfig.from_pretrained(str(base_model_dir)), lengths)
+    plan = replace(plan, attn_implementation=speed.attn_implementation, optim=speed.optim,
+                   gradient_checkpointing=speed.gradient_checkpointing, reasons=plan.reasons + speed.reasons)
+    log.info("training plan: %s", "; ".join(plan.reasons) or "defaults")
+    model = load_model(base_model_dir, plan)
+    pretokenized = "input_ids" in train_ds.column_names
+    columns = ([c for c in ("input_ids", "labels", "assistant_masks") if c in train_ds.column_names]
+               if pretokenized else ["messages"])
+    args = dict(
+        output_dir=str(work_dir),
+        max_steps=total_steps,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=plan.optim,
+        bf16=plan.bf16,
+        fp16=False,
+        use_cpu=plan.device == "cpu",
+        activation_checkpointing=plan.gradient_checkpointing,
+        max_length=cfg.max_length,
+        assistant_only_loss=not pretokenized,
+        packing=False,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=cfg.report_to,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    args.update(sft_overrides(speed))  # packing, checkpointing, optimizer, kernels (trainer/speed.py)
+    trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=train_ds.select_columns(columns),
+                         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # progress goes through our callback and the log, not stdout
+    install(trainer, speed, tokenizer.pad_token_id)
+    return PreparedRun(trainer=trainer, tokenizer=tokenizer, plan=plan, total_steps=total_steps,
+                       speed=speed.to_dict())
+
+
+def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset", cfg: TrainConfig,
+            output_dir: str | Path, *, on_progress: ProgressFn | None = None,
+            should_cancel: Callable[[], bool] | None = None) -> SFTResult:
+    """Train a fresh LoRA adapter on `train_ds` (column `messages`) and write it into `output_dir`.
+
+    `output_dir` must exist and is the only place written (the caller renames it when complete).
+    When `should_cancel()` turns true the run stops after the current step, writes no adapter and
+    returns `cancelled=True`.
+    """
+    import torch
+
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    n_train, n_eval = len(train_ds), len(eval_ds)
+    if n_train == 0:
+        raise ValueError("the training split is empty")
+    total_steps = cfg.total_steps(n_train)
+    if should_cancel is not None and should_cancel():
+        return SFTResult(None, None, [], 0, total_steps, n_train, n_eval, cancelled=True)
+
+    history: list[tuple[int, float]] = []
+    state: dict = {"cancelled": False, "t0": time.perf_counter()}
+    scratch = output_dir / "trainer_state"  # the Trainer's own output (logs if report_to is set)
+    prepared = prepare_trainer(base_model_dir, train_ds, cfg, scratch, callbacks=[
+        _progress_callback(total_steps, on_progress, should_cancel, history, state)])
+    trainer, tokenizer, plan, model = prepared.trainer, prepared.tokenizer, prepared.plan, prepared.trainer.model
+    output = trainer.train()
+    steps = trainer.state.global_step
+    train_loss = float(output.training_loss) if steps else None
+    result = SFTResult(train_loss=train_loss, eval_loss=None, loss_history=history, steps=steps,
+                       total_steps=total_steps, n_train=n_train, n_eval=n_eval, cancelled=state["cancelled"],
+                       plan={**asdict(plan), "speed": prepared.speed})
+    if state["cancelled"]:
+        shutil.rmtree(scratch, ignore_errors=True)
+        result.duration_s = time.perf_counter() - started
+        return result
+
+    peft_model = trainer.model
+    peft_model.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    (output_dir / "training_config.json").write_text(json.dumps(
+        {"config": cfg.to_dict(), "plan": asdict(plan), "total_steps": total_steps, "steps": steps}, indent=2))
+    if scratch.exists() and not any(scratch.iterdir()):
+        scratch.rmdir()
+
+    if n_eval:
+        if plan.qlora:  # measure on the same unquantized base eval_loss() uses, so the gate compares like with like
+            del trainer, peft_model, model, prepared
+            torch.cuda.empty_cache()
+            result.eval_loss, result.eval_tokens = _eval_loss_and_tokens(base_model_dir, output_dir, eval_ds, cfg)
+        else:
+            result.eval_loss, result.eval_tokens = mean_token_nll(peft_model, tokenizer, eval_ds, cfg.max_length,
+                                                                  cfg.eval_batch_size)
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+def mean_token_nll(model, tokenizer, ds: "Dataset", max_length: int, batch_size: int) -> tuple[float | None, int]:
+    """Mean NLL per labelled (assistant) token of `ds` under `model`, and the number of such tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    encoded = [encode_conversation(tokenizer, m, max_length) for m in ds["messages"]]
+    encoded = [e for e in encoded if any(t != -100 for t in e["labels"][1:])]
+    if not encoded:
+        return None, 0
+    encoded.sort(key=lambda e: len(e["input_ids"]))
+    vocab = model.config.get_text_config().vocab_size
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    total_nll, total_tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        start = 0
+        while start < len(encoded):
+            # as many rows as fit the logits budget (rows are sorted by length, so the last is the longest)
+            end = start + 1
+            while (end < len(encoded) and end - start < batch_size
+                   and (end - start + 1) * len(encoded[end]["input_ids"]) * vocab * 4 <= EVAL_LOGITS_BUDGET):
+                end += 1
+            rows = encoded[start:end]
+            start = end
+            width = max(len(r["input_ids"]) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                n = len(r["input_ids"])
+                ids[i, :n] = torch.tensor(r["input_ids"])
+                labels[i, :n] = torch.tensor(r["labels"])
+                attention[i, :n] = 1
+            # logits at position p predict token p+1: keep only positions whose next token is labelled
+            targets = labels[:, 1:]
+            keep = torch.nonzero((targets != -100).any(dim=0)).squeeze(1)
+            with torch.no_grad():
+                out = model(input_ids=ids.to(device), attention_mask=attention.to(device),
+                            logits_to_keep=keep.to(device))
+            logits = out.logits.float()
+            gold = targets[:, keep].to(device)
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=-100,
+                                  reduction="sum")
+            total_nll += float(nll)
+            total_tokens += int((gold != -100).sum())
+    finally:
+        model.train(was_training)
+    return total_nll / total_tokens, total_tokens
+
+
+def _eval_loss_and_tokens(base_model_dir, adapter_dir, eval_ds, cfg: TrainConfig) -> tuple[float | None, int]:
+    import torch
+
+    model_type = _model_type(base_model_dir)
+    plan = cfg.with_overrides(qlora="off", gradient_checkpointing="off").plan(model_type)
+    model = load_model(base_model_dir, plan)
+    tokenizer = load_tokenizer(base_model_dir, model_type)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter_dir} holds no PEFT adapter (adapter_config.json is missing)")
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        return mean_token_nll(model, tokenizer, eval_ds, cfg.max_length, cfg.eval_batch_size)
+    finally:
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def eval_loss(base_model_dir: str | Path, adapter_dir: str | Path | None, eval_ds: "Dataset",
+              cfg: TrainConfig) -> float | None:
+    """Mean NLL per assistant token of `eval_ds` under the base model (+ the adapter, if given).
+
+    None when the split has no assistant tokens left after truncation.
+    """
+    if len(eval_ds) == 0:
+        return None
+    return _eval_loss_and_tokens(base_model_dir, adapter_dir, eval_ds, cfg)[0]
