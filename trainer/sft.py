@@ -304,7 +304,11 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
         scratch.rmdir()
 
     if n_eval:
-        if plan.qlora:  # measure on the same unquantized base eval_loss() uses, so the gate compares like with like
+        # The gate compares this number with eval_loss() of the active version: measure the same way. The
+        # in-memory model qualifies unless it trained on a 4-bit base or with another attention kernel.
+        same_as_eval = not plan.qlora and plan.attn_implementation == _eval_plan(cfg, _model_type(
+            base_model_dir)).attn_implementation
+        if not same_as_eval:
             del trainer, peft_model, model, prepared
             torch.cuda.empty_cache()
             result.eval_loss, result.eval_tokens = _eval_loss_and_tokens(base_model_dir, output_dir, eval_ds, cfg)
@@ -369,11 +373,16 @@ def mean_token_nll(model, tokenizer, ds: "Dataset", max_length: int, batch_size:
     return total_nll / total_tokens, total_tokens
 
 
+def _eval_plan(cfg: TrainConfig, model_type: str) -> Plan:
+    """How every version is evaluated: unquantized base in the machine's dtype, the default attention."""
+    return cfg.with_overrides(qlora="off", gradient_checkpointing="off").plan(model_type)
+
+
 def _eval_loss_and_tokens(base_model_dir, adapter_dir, eval_ds, cfg: TrainConfig) -> tuple[float | None, int]:
     import torch
 
     model_type = _model_type(base_model_dir)
-    plan = cfg.with_overrides(qlora="off", gradient_checkpointing="off").plan(model_type)
+    plan = _eval_plan(cfg, model_type)
     model = load_model(base_model_dir, plan)
     tokenizer = load_tokenizer(base_model_dir, model_type)
     if adapter_dir is not None:
