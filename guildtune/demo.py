@@ -1,33 +1,46 @@
 """`guildtune demo`: the whole loop offline, in a few minutes on a CPU.
 
-Imports a shipped file of invented community facts (things no base model can know), asks some
-of the questions with the embedded base model, trains a version with a progress bar, swaps it
-into the in-process server, asks again, and prints before and after side by side.
+Imports a shipped file of invented community facts (things no base model can know), asks the
+questions with the embedded base model, trains a version with a progress bar, swaps it into the
+in-process server, asks again, and prints before and after side by side.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from guildtune.settings import load_settings
+from guildtune.settings import Settings, load_settings
 from serving.prompting import guild_messages
 from serving.protocol import GenerationOptions
 from storage.db import Database
 
 DEMO_GUILD = 1
-DEMO_QUESTIONS = 5
+DEMO_QUESTIONS = 6
+DEMO_SYSTEM_PROMPT = "You are the assistant of the Lanternfish guild's Discord."
 
 
 def community_facts() -> list[dict[str, str]]:
+    """The shipped invented facts: question, answer, and `expect` (what a right answer contains)."""
     return json.loads(files("guildtune").joinpath("data/community_facts.json").read_text(encoding="utf-8"))
 
 
+@dataclass
+class Comparison:
+    questions: list[str]
+    before: list[str]
+    after: list[str]
+    before_name: str
+    after_name: str
+    exit_code: int
+
+
 async def answer_all(server, version, gs, questions) -> list[str]:
-    options = GenerationOptions(temperature=0.0, max_tokens=40, timeout_s=300)
+    options = GenerationOptions(temperature=0.0, max_tokens=40, timeout_s=600)
     answers = []
     for q in questions:
         pieces = [p async for p in server.chat(version, guild_messages(gs, q), options)]
@@ -35,50 +48,61 @@ async def answer_all(server, version, gs, questions) -> list[str]:
     return answers
 
 
-async def run_demo(data_dir: Path, steps: int | None, console: Console) -> int:
+async def teach_train_compare(settings: Settings, guild_id: int, facts: list[dict[str, str]],
+                              questions: list[str], console: Console) -> Comparison:
+    """Teach `facts` as approved examples, ask `questions`, train and swap, ask again."""
     from guildtune.runtime import base_model_dir
     from guildtune.train_command import train_now
     from serving.local_server import LocalServer
 
-    settings = load_settings(GUILDTUNE_DATA_DIR=str(data_dir), GUILDTUNE_DB=str(data_dir / "demo.db"),
-                             GUILDTUNE_SERVER="local", GUILDTUNE_TRAIN_MAX_STEPS=steps)
-    facts = community_facts()
     db = await Database.open(settings.db_path)
-    await db.settings.set(DEMO_GUILD, system_prompt="You are the assistant of the Lanternfish guild's Discord.")
-    added = await db.examples.add_many(
-        DEMO_GUILD, [[{"role": "user", "content": f["question"]}, {"role": "assistant", "content": f["answer"]}]
-                     for f in facts], source="import", author_id=None, status="approved")
-    console.print(f"Imported {added.created} invented community facts ({added.duplicates} already there) "
-                  f"into demo guild {DEMO_GUILD} at {data_dir}.", highlight=False)
-    gs = await db.settings.get(DEMO_GUILD)
-    questions = [f["question"] for f in facts[:DEMO_QUESTIONS]]
-
-    with console.status("Preparing the embedded Gemma 3 270M (about a minute the first time)…"):
-        base_dir = base_model_dir(settings)
-    server = LocalServer(base_dir, device=settings.device)
     try:
-        before_version = await db.versions.active(DEMO_GUILD)
-        with console.status("Asking the current model…"):
-            before = await answer_all(server, before_version, gs, questions)
-        code = await train_now(settings, DEMO_GUILD, console, server=server)
-        if code != 0:
-            return code
-        version = await db.versions.active(DEMO_GUILD)
-        await server.publish(version)
-        with console.status(f"Asking v{version.number}…"):
-            after = await answer_all(server, version, gs, questions)
+        await db.settings.set(guild_id, system_prompt=DEMO_SYSTEM_PROMPT)
+        added = await db.examples.add_many(
+            guild_id, [[{"role": "user", "content": f["question"]}, {"role": "assistant", "content": f["answer"]}]
+                       for f in facts], source="teach", author_id=None, status="approved")
+        console.print(f"Taught {added.created} community facts ({added.duplicates} already known) "
+                      f"to guild {guild_id}.", highlight=False)
+        gs = await db.settings.get(guild_id)
+        with console.status("Preparing the base model (about a minute the first time)…"):
+            base_dir = base_model_dir(settings)
+        server = LocalServer(base_dir, device=settings.device)
+        try:
+            old = await db.versions.active(guild_id)
+            if old is not None:
+                await server.publish(old)
+            with console.status("Asking the current model…"):
+                before = await answer_all(server, old, gs, questions)
+            code = await train_now(settings, guild_id, console, server=server)
+            new = await db.versions.active(guild_id)
+            with console.status("Asking again…"):
+                after = await answer_all(server, new, gs, questions) if code == 0 else before
+        finally:
+            await server.close()
     finally:
-        await server.close()
         await db.close()
-    name = f"v{before_version.number}" if before_version else "base model"
+    return Comparison(questions, before, after, f"v{old.number}" if old else "base model",
+                      f"v{new.number}" if new else "base model", code)
+
+
+async def run_demo(data_dir: Path, steps: int | None, console: Console) -> int:
+    outer = load_settings()
+    settings = load_settings(GUILDTUNE_DATA_DIR=str(data_dir), GUILDTUNE_DB=str(data_dir / "demo.db"),
+                             GUILDTUNE_MODELS_DIR=str(outer.models_dir), GUILDTUNE_SERVER="local",
+                             GUILDTUNE_TRAIN_MAX_STEPS=steps)
+    facts = community_facts()
+    result = await teach_train_compare(settings, DEMO_GUILD, facts, [f["question"] for f in facts[:DEMO_QUESTIONS]],
+                                       console)
+    if result.exit_code != 0:
+        return result.exit_code
     table = Table(title="Before and after training", show_lines=True)
     table.add_column("question", ratio=2)
-    table.add_column(name, ratio=3)
-    table.add_column(f"v{version.number}", ratio=3)
+    table.add_column(result.before_name, ratio=3)
+    table.add_column(result.after_name, ratio=3)
     table.add_column("knows it", justify="center")
-    for q, b, a, fact in zip(questions, before, after, facts):
+    for q, b, a, fact in zip(result.questions, result.before, result.after, facts):
         table.add_row(q, b, a, "✔" if fact["expect"].casefold() in a.casefold() else "✘")
     Console().print(table)
-    console.print(f"Try it yourself: guildtune ask --guild {DEMO_GUILD} \"{facts[5]['question']}\" "
-                  f"(with GUILDTUNE_DATA_DIR={data_dir} GUILDTUNE_DB={data_dir / 'demo.db'})", highlight=False)
+    console.print(f"Ask it more: GUILDTUNE_DB={data_dir / 'demo.db'} guildtune ask --guild {DEMO_GUILD} "
+                  f"\"{facts[-1]['question']}\"", highlight=False, markup=False)
     return 0

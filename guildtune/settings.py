@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(None, alias="DISCORD_TOKEN")
     data_dir: Path = Field(Path("./data"), alias="GUILDTUNE_DATA_DIR")
     db: Path | None = Field(None, alias="GUILDTUNE_DB")
+    models_dir_setting: Path | None = Field(None, alias="GUILDTUNE_MODELS_DIR")
     server: Literal["local", "ollama"] = Field("local", alias="GUILDTUNE_SERVER")
     ollama_host: str = Field("http://127.0.0.1:11434", alias="OLLAMA_HOST")
     ollama_base_tag: str = Field("gemma3:270m", alias="GUILDTUNE_OLLAMA_BASE")
@@ -57,7 +58,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.models_dir_setting if self.models_dir_setting is not None else self.data_dir / "models"
 
     @property
     def versions_dir(self) -> Path:
