@@ -52,6 +52,18 @@ class Settings(BaseSettings):
             value = "http://" + value
         return value.rstrip("/")
 
+    def child_env(self) -> dict[str, str]:
+        """These settings as environment variables for a child process (the training job),
+        so it sees exactly what its parent sees. The Discord token is left out: a job needs none."""
+        env = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if name == "discord_token" or value is None:
+                continue
+            env[field.alias] = str(value)
+        env["GUILDTUNE_DB"] = str(self.db_path)
+        return env
+
     @property
     def db_path(self) -> Path:
         return self.db if self.db is not None else self.data_dir / "guildtune.db"

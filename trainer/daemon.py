@@ -98,10 +98,8 @@ class TrainerDaemon:
 
     async def run_job_process(self, run: TrainingRun) -> int:
         """Run the child and wait; cancel it through the database flag, kill it if it ignores that."""
-        env = dict(os.environ)
-        env["GUILDTUNE_DB"] = str(self.settings.db_path)
-        env["GUILDTUNE_DATA_DIR"] = str(self.settings.data_dir)
-        env.pop("DISCORD_TOKEN", None)  # the job needs no secret
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GUILDTUNE_") and k != "DISCORD_TOKEN"}
+        env.update(self.settings.child_env())
         self._child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "trainer.job", str(run.id), env=env)
         await self.db.runs.update(run.guild_id, run.id, pid=self._child.pid)
