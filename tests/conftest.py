@@ -6,4 +6,4 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tiny_model import tiny_llama_dir, tiny_model_dir  # noqa: E402,F401  (fixtures)
+from tiny_model import tiny_adapter, tiny_llama_dir, tiny_model_dir  # noqa: E402,F401  (fixtures)

@@ -111,22 +111,6 @@ async def test_model_status_and_history(world):
     assert any(f"run #{running.id} running" in line for line in lines)
 
 
-@pytest.fixture(scope="module")
-def tiny_adapter(tmp_path_factory, tiny_model_dir):
-    """A LoRA adapter for the tiny Gemma 3 (B non-zero, as after training), so versions can be published."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    torch.manual_seed(1)
-    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
-    peft_model.save_pretrained(out)
-    return str(tiny_model_dir), str(out)
-
-
 async def test_rollback_switches_the_answering_version(tmp_path, tiny_adapter):
     base, adapter = tiny_adapter
     versions = {}

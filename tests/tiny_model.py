@@ -99,3 +99,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A tiny Llama model folder (Llama 3 template), built once per session. Treat it as read-only."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+def make_tiny_adapter(base_dir: Path, out: Path, seed: int = 1) -> Path:
+    """A LoRA adapter for a tiny model with non-zero B (as after training), so outputs change."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(out)
+    return Path(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, tiny_model_dir) -> tuple[str, str]:
+    """(base folder, adapter folder) for the tiny Gemma 3. Treat both as read-only."""
+    return str(tiny_model_dir), str(make_tiny_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "adapter"))
