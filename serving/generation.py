@@ -15,6 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from transformers.generation.streamers import BaseStreamer
 
 from serving.protocol import GenerationOptions, ModelServerError
+from trainer.quiet import quiet_libraries
+
+quiet_libraries()
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s job %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from trainer.quiet import quiet_libraries
+
+    quiet_libraries()
     return asyncio.run(run_job(int(args[0]), load_settings()))
 
 
