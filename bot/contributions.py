@@ -59,7 +59,8 @@ async def contribute(
     try:
         result = await bot.db.examples.add(
             guild_id, messages, source=source, author_id=user.id,
-            source_message_ids=list(source_message_ids), status=status, answer_id=answer_id)
+            source_message_ids=list(source_message_ids), status=status, answer_id=answer_id,
+            source_channel_id=channel_id)
     except InvalidConversation as exc:
         return Contribution(None, False, f"Not saved: {exc}")
     example = result.example

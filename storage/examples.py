@@ -50,7 +50,7 @@ def _row_to_example(row: Any) -> Example:
         id=row["id"], guild_id=row["guild_id"], messages=json.loads(row["messages"]), source=row["source"],
         source_message_ids=json.loads(row["source_message_ids"]), author_id=row["author_id"],
         status=row["status"], content_hash=row["content_hash"], created_at=row["created_at"],
-        updated_at=row["updated_at"], answer_id=row["answer_id"],
+        updated_at=row["updated_at"], answer_id=row["answer_id"], source_channel_id=row["source_channel_id"],
     )
 
 
@@ -78,6 +78,7 @@ class ExampleRepository:
     async def add(
         self, guild_id: int, messages: Conversation, *, source: str, author_id: int | None,
         source_message_ids: Iterable[int] = (), status: str = "pending", answer_id: int | None = None,
+        source_channel_id: int | None = None,
     ) -> AddResult:
         """Validate and insert; a duplicate (same normalised content) returns the existing example."""
         if source not in EXAMPLE_SOURCES:
@@ -93,7 +94,7 @@ class ExampleRepository:
             if existing:
                 return AddResult(_row_to_example(existing), created=False)
             example = await self._insert(conn, guild_id, clean, digest, source, author_id,
-                                         list(source_message_ids), status, answer_id)
+                                         list(source_message_ids), status, answer_id, source_channel_id)
         return AddResult(example, created=True)
 
     async def add_many(
@@ -121,16 +122,17 @@ class ExampleRepository:
                 created += 1
         return BulkAddResult(created, duplicates)
 
-    async def _insert(self, conn, guild_id, clean, digest, source, author_id, message_ids, status, answer_id):
+    async def _insert(self, conn, guild_id, clean, digest, source, author_id, message_ids, status, answer_id,
+                      source_channel_id=None):
         now = time.time()
         cur = await conn.execute(
             "INSERT INTO examples (guild_id, messages, source, source_message_ids, author_id, status,"
-            " content_hash, answer_id, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " content_hash, answer_id, created_at, updated_at, source_channel_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (guild_id, json.dumps(clean, ensure_ascii=False), source, json.dumps(message_ids), author_id,
-             status, digest, answer_id, now, now),
+             status, digest, answer_id, now, now, source_channel_id),
         )
         example = Example(cur.lastrowid, guild_id, clean, source, message_ids, author_id, status, digest,
-                          now, now, answer_id)
+                          now, now, answer_id, source_channel_id)
         await self._event(conn, example, author_id, "created", None, _snapshot(example), None)
         return example
 

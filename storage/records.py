@@ -26,6 +26,7 @@ class Example:
     created_at: float
     updated_at: float
     answer_id: int | None = None
+    source_channel_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -259,3 +259,15 @@ async def test_card_links_to_the_source_message_when_its_channel_is_known(world)
                                 f"{world.channel.id}/4242)")
     assert fields["Corrects"] == f"answer #{answer.id}"
     assert result.example.id == 1
+
+
+async def test_card_links_to_reaction_sources_in_their_channel(world):
+    question = await world.fake.post_message(world.channel, world.other, "Where are the rules?")
+    reply = await world.fake.post_message(world.channel, world.mod, "Pinned in #rules.", reference=question)
+    await world.fake.react(reply, world.member, "📚")
+    [example] = await world.examples("pending")
+    assert example.source == "reaction" and example.source_channel_id == world.channel.id
+    rec = await world.fake.slash(world.guild, world.channel, world.mod, "review")
+    fields = {f["name"]: f["value"] for f in card_embed(rec.message)["fields"]}
+    base = f"https://discord.com/channels/{world.guild.id}/{world.channel.id}"
+    assert fields["Source"] == f"reaction · [message 1]({base}/{question.id}) [message 2]({base}/{reply.id})"

@@ -197,7 +197,10 @@ class Review(commands.Cog):
 
     # --- shared helpers -------------------------------------------------------------------------
     async def source_channel(self, example: Example) -> int | None:
-        """Where the example's source messages are, when we know (corrections: the answer's channel)."""
+        """Where the example's source messages are, when we know (stored since V3; older corrections:
+        the answer's channel)."""
+        if example.source_channel_id is not None:
+            return example.source_channel_id
         if example.answer_id:
             answer = await self.bot.db.answers.get(example.guild_id, example.answer_id)
             if answer is not None:
