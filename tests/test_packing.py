@@ -179,3 +179,17 @@ def test_boundaries_from_position_ids_and_row_length():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]])
     assert cu_seqlens_from_position_ids(pos).tolist() == [0, 3, 5, 6, 10]
     assert static_row_len(330.0, 8) == 2688  # the anchors' 8 x mean length, rounded up to 64
+
+
+def test_static_segments_pad_the_boundaries_with_empty_segments():
+    """Compiled blocks: every row reports the same boundary-list length and max_length."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collate = StaticRowCollator(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True),
+                                row_len=64, pad_token_id=0, static_segments=8)
+    batch = collate([{"input_ids": list(range(1, 11))}, {"input_ids": list(range(1, 6))}])
+    assert batch["cu_seq_lens_q"].tolist() == [0, 10, 15, 64, 64, 64, 64, 64, 64]
+    assert batch["max_length_q"] == 64
+    q = torch.randn(64, 2, 8)
+    ref = reference_varlen(q, q, q, batch["cu_seq_lens_q"], 8 ** -0.5)
+    torch.testing.assert_close(ref, reference_varlen(q, q, q, torch.tensor([0, 10, 15, 64]), 8 ** -0.5))

@@ -87,9 +87,12 @@ class TrainConfig:
         "help": "Pack several conversations into fixed rows (TRL 'bfd', padding-free) with per-conversation "
                 "attention (trainer/packing.py). 'auto': on with CUDA + bf16, off on the CPU; see "
                 "trainer/speed.py. True/False are read as on/off."})
-    liger: Literal["auto", "off"] = field(default="auto", metadata={
-        "help": "Liger's fused RMSNorm/SwiGLU/RoPE kernels: 'auto' uses them on CUDA when liger-kernel is "
-                "installed and supports the model family (trainer/speed.py); 'off' never."})
+    liger: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "Liger's fused RMSNorm/SwiGLU/RoPE kernels (needs liger-kernel). 'auto' follows the "
+                "measurements in bench/RESULTS.md (trainer/speed.py says what it picks and why)."})
+    compile: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "torch.compile each decoder block (packed rows have one static shape, so it compiles once). "
+                "'auto' follows the measurements in bench/RESULTS.md (trainer/speed.py)."})
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "Pad batches to a multiple of this many tokens (static shapes for compiled kernels)."})
 
@@ -130,8 +133,10 @@ class TrainConfig:
             problems.append(f"precision={self.precision!r}: allowed auto, bf16, fp32")
         if self.qlora not in ("auto", "on", "off"):
             problems.append(f"qlora={self.qlora!r}: allowed auto, on, off")
-        if self.liger not in ("auto", "off"):
-            problems.append(f"liger={self.liger!r}: allowed auto, off")
+        if self.liger not in ("auto", "on", "off"):
+            problems.append(f"liger={self.liger!r}: allowed auto, on, off")
+        if self.compile not in ("auto", "on", "off"):
+            problems.append(f"compile={self.compile!r}: allowed auto, on, off")
         if self.packing not in ("auto", "on", "off"):
             problems.append(f"packing={self.packing!r}: allowed auto, on, off")
         if self.gradient_checkpointing not in ("auto", "on", "off"):

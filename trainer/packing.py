@@ -72,6 +72,10 @@ class StaticRowCollator:
     inner: Callable[[list[dict[str, Any]]], dict[str, Any]]
     row_len: int
     pad_token_id: int
+    #: For compiled blocks: report max_length = row_len (a constant) and pad the boundary list with
+    #: empty segments to this many segments (a multiple of it for a rare longer row), so shapes and
+    #: constants repeat from step to step and nothing recompiles.
+    static_segments: int | None = None
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         out = self.inner(examples)
@@ -92,8 +96,13 @@ class StaticRowCollator:
         # The first token of each conversation has no in-conversation predecessor: never a target.
         out["labels"][out["position_ids"] == 0] = -100
         cu = cu_seqlens_from_position_ids(out["position_ids"])
-        out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = cu
         longest = int(cu.diff().max())
+        if self.static_segments:
+            n_seg = cu.numel() - 1
+            target = max(1, -(-n_seg // self.static_segments)) * self.static_segments
+            cu = torch.cat([cu, cu[-1:].expand(target - n_seg)])  # empty segments attend to nothing
+            longest = self.row_len
+        out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = cu
         out["max_length_q"] = out["max_length_k"] = longest
         if "seq_idx" in out:  # only linear-attention layers read it; keep it consistent with the padding
             out["seq_idx"] = segment_ids(cu, self.row_len).to(torch.int32)[None]

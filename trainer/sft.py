@@ -234,7 +234,6 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
         bf16=plan.bf16,
         fp16=False,
         use_cpu=plan.device == "cpu",
-        activation_checkpointing=plan.gradient_checkpointing,
         max_length=cfg.max_length,
         assistant_only_loss=not pretokenized,
         packing=False,
@@ -248,7 +247,8 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    args.update(sft_overrides(speed))  # packing, checkpointing, optimizer, kernels (trainer/speed.py)
+    # checkpointing (under the argument name this transformers knows), packing, optimizer, kernels
+    args.update(sft_overrides(speed))
     trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=train_ds.select_columns(columns),
                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback and the log, not stdout

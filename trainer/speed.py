@@ -8,9 +8,11 @@ dtype, QLoRA, optimizer):
 - gradient checkpointing: only when the estimated peak without it exceeds the memory budget
   (the GPU's memory, or `memory_cap_gib`); when the cap leaves room for some layers' activations,
   only the other layers recompute theirs ("partial" checkpointing);
+- torch.compile of each decoder block (packed rows have one static shape: it compiles once);
 - fused AdamW on CUDA (the plan's `paged_adamw_8bit` stays with QLoRA, where memory is the point);
-- Liger's fused RMSNorm/SwiGLU/RoPE kernels when liger-kernel is importable for this family;
+- Liger's fused RMSNorm/SwiGLU/RoPE kernels only with `liger="on"`: they measured slower here;
 - the loss: TRL's fused, chunked LM head (`trl>=1.16` always; never the full logits).
+The defaults follow the H100 measurements in bench/RESULTS.md.
 On the CPU nothing changes unless `packing="on"` (then the masked reference attention runs).
 
 `sft_overrides(choice)` turns the choice into SFTConfig keyword arguments and `install(trainer,
@@ -31,8 +33,16 @@ if TYPE_CHECKING:
     from trainer.config import Plan, TrainConfig
 
 GIB = 2**30
-#: Share of the memory budget the estimate may use (allocator fragmentation, CUDA context, kernels' workspaces).
+#: Share of the GPU's memory the estimate may use (allocator fragmentation, CUDA context, workspaces).
 BUDGET_FRACTION = 0.85
+#: Share of an explicit `memory_cap_gib` the estimate may use: the cap bounds what torch allocates.
+CAP_FRACTION = 0.95
+#: Measured on an H100 (bench/RESULTS.md): with packed varlen rows and no checkpointing, liger's
+#: RMSNorm/SwiGLU/RoPE kernels were slower than PyTorch's (median 13.8k vs 15.6k tok/s), so 'auto' leaves them off.
+LIGER_BY_DEFAULT = False
+#: Whether 'auto' compiles the decoder blocks on CUDA with packing. Measured on an H100 (bench/RESULTS.md):
+#: median step 0.123 s vs 0.189 s eager (21.8k vs 14.2k tok/s), QLoRA 9.3k vs 6.3k.
+COMPILE_BY_DEFAULT = True
 #: Families whose layer kernels liger-kernel patches (see liger_kernel.transformers.monkey_patch).
 LIGER_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3"}
 
@@ -49,6 +59,8 @@ class SpeedChoice:
     layers_without_checkpointing: int
     optim: str
     use_liger: bool
+    #: torch.compile each decoder block (static packed rows: one shape).
+    compile: bool
     budget_gib: float | None
     estimate_gib: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
@@ -94,8 +106,10 @@ class Shape:
         return self.layers * per_layer
 
     def activation_bytes_per_token_layer(self) -> int:
-        """bf16 tensors one block keeps for its backward: norms' in/outs, q/k/v/attn out, MLP's 3 wide ones."""
-        return 2 * (4 * self.hidden + 2 * (self.q_dim + 2 * self.kv_dim) + 4 * self.intermediate)
+        """Bytes one block keeps for its backward: norms' in/outs, q/k/v/attn out, MLP's 3 wide ones (bf16),
+        x 1.28 for PEFT's dtype casts around the adapters (fitted to the H100 peak without checkpointing,
+        7.41 GiB measured vs 6.3 from the shapes alone; bench/RESULTS.md)."""
+        return int(1.28 * 2 * (4 * self.hidden + 2 * (self.q_dim + 2 * self.kv_dim) + 4 * self.intermediate))
 
 
 def estimate_peak_bytes(shape: Shape, tokens: int, *, lora_r: int, checkpointing: bool, qlora: bool,
@@ -170,7 +184,8 @@ def choose_speed(cfg: "TrainConfig", plan: "Plan", model_config, lengths: Sequen
     elif budget_gib is None:
         checkpointing = False  # CPU: memory is not the constraint here
     else:
-        usable = BUDGET_FRACTION * budget_gib
+        usable = (CAP_FRACTION if cfg.memory_cap_gib is not None and cfg.memory_cap_gib <= budget_gib
+                  else BUDGET_FRACTION) * budget_gib
         checkpointing = est["no_checkpointing"] > usable
         if checkpointing:
             per_layer = (shape.activation_bytes_per_token_layer() - 2 * shape.hidden) * tokens / GIB
@@ -188,13 +203,18 @@ def choose_speed(cfg: "TrainConfig", plan: "Plan", model_config, lengths: Sequen
     optim = plan.optim
     if cuda and cfg.optim == "auto" and not plan.qlora:
         optim = "adamw_torch_fused"
-    use_liger = bool(cuda and liger_available() and model_type in LIGER_FAMILIES and getattr(cfg, "liger", "auto")
-                     != "off")
+    compile_mode = getattr(cfg, "compile", "auto")
+    compile_blocks = cuda and packing and (compile_mode == "on" or (compile_mode == "auto" and COMPILE_BY_DEFAULT))
+    if compile_blocks:
+        reasons.append("torch.compile on each decoder block (fixed packed rows: compiled once)")
+    liger_mode = getattr(cfg, "liger", "auto")
+    use_liger = bool(cuda and liger_available() and model_type in LIGER_FAMILIES and not compile_blocks
+                     and (liger_mode == "on" or (liger_mode == "auto" and LIGER_BY_DEFAULT)))
     if use_liger:
         reasons.append("liger kernels (RMSNorm, SwiGLU, RoPE)")
     return SpeedChoice(packing=packing, row_len=row_len, attn_implementation=attn,
                        gradient_checkpointing=checkpointing, layers_without_checkpointing=kept, optim=optim,
-                       use_liger=use_liger, budget_gib=budget_gib, estimate_gib={k: round(v, 3) for k, v in est.items()},
+                       use_liger=use_liger, compile=compile_blocks, budget_gib=budget_gib, estimate_gib={k: round(v, 3) for k, v in est.items()},
                        reasons=reasons)
 
 
@@ -217,26 +237,59 @@ def sample_lengths(train_ds, tokenizer, max_rows: int = 512) -> list[int]:
 
 def sft_overrides(choice: SpeedChoice) -> dict[str, Any]:
     """SFTConfig keyword arguments for the choice (they replace the plain plan's)."""
-    kw: dict[str, Any] = {
-        "gradient_checkpointing": choice.gradient_checkpointing,
-        "optim": choice.optim,
-        "use_liger_kernel": choice.use_liger,
-    }
+    flag, flag_kwargs = checkpointing_arg_names()
+    kw: dict[str, Any] = {flag: choice.gradient_checkpointing, "optim": choice.optim,
+                          "use_liger_kernel": choice.use_liger}
     if choice.gradient_checkpointing:
-        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        kw[flag_kwargs] = {"use_reentrant": False}
     if choice.packing:
         kw.update(packing=True, packing_strategy="bfd", padding_free=True, max_length=choice.row_len,
                   per_device_train_batch_size=1, pad_to_multiple_of=None)
     return kw
 
 
+def checkpointing_arg_names() -> tuple[str, str]:
+    """TrainingArguments' names for checkpointing: transformers >= 5.2x says `activation_checkpointing`
+    (the old name is a deprecated alias), earlier 5.x only knows `gradient_checkpointing`."""
+    from trl import SFTConfig
+
+    fields = SFTConfig.__dataclass_fields__
+    if "activation_checkpointing" in fields:
+        return "activation_checkpointing", ("activation_checkpointing_kwargs"
+                                            if "activation_checkpointing_kwargs" in fields
+                                            else "gradient_checkpointing_kwargs")
+    return "gradient_checkpointing", "gradient_checkpointing_kwargs"
+
+
 def install(trainer, choice: SpeedChoice, pad_token_id: int) -> None:
     """Apply what needs the built trainer: fixed-length packed rows and partial checkpointing."""
     if choice.packing:
+        segments = None
+        if choice.compile:  # one boundary-list length for the whole run: the most any packed row has, + padding
+            seq_lengths = trainer.train_dataset["seq_lengths"] if "seq_lengths" in trainer.train_dataset.column_names \
+                else [[0] * 15]
+            segments = max(len(s) for s in seq_lengths) + 1
         trainer.data_collator = StaticRowCollator(trainer.data_collator, row_len=choice.row_len,
-                                                  pad_token_id=pad_token_id)
+                                                  pad_token_id=pad_token_id, static_segments=segments)
+    if choice.compile:
+        compile_blocks(trainer.model)
     if choice.gradient_checkpointing and choice.layers_without_checkpointing:
         trainer.add_callback(_PartialCheckpointing(choice.layers_without_checkpointing))
+
+
+def compile_blocks(model) -> int:
+    """torch.compile every decoder block in place ("regional" compilation: the blocks share one graph)."""
+    import torch
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(blocks) + 8)
+    if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 16 * len(blocks) + 64)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
 
 
 def _PartialCheckpointing(n_free: int):
