@@ -23,11 +23,19 @@ LLAMA_1B = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_si
                 head_dim=64, max_position_embeddings=131072, tie_word_embeddings=True, rope_theta=500000.0,
                 rms_norm_eps=1e-5)
 
+QWEN2_05B = dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], vocab_size=151936, hidden_size=896,
+                 intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1000000.0)
+
 CASES = [  # (name, config, seq_len, batch, gradient checkpointing)
     ("llama-3.2-1B shape", LLAMA_1B, 1024, 4, True),
     ("llama-3.2-1B shape", LLAMA_1B, 1024, 4, False),
     ("gemma-3-270m shape", "embedded", 512, 8, False),
     ("gemma-3-270m shape", "embedded", 1024, 8, True),
+    # measured after the logits term was set from the four above: a check on shapes it never saw
+    ("qwen2.5-0.5B shape", QWEN2_05B, 2048, 2, True),
+    ("qwen2.5-0.5B shape", QWEN2_05B, 512, 4, False),
+    ("llama-3.2-1B shape", LLAMA_1B, 2048, 2, True),
 ]
 
 

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     version_poll_s: float = Field(3.0, alias="GUILDTUNE_VERSION_POLL", gt=0, le=600)
     train_max_steps: int | None = Field(None, alias="GUILDTUNE_TRAIN_MAX_STEPS", ge=1)
     gate_tolerance: float = Field(0.02, alias="GUILDTUNE_GATE_TOLERANCE", ge=0, le=1)
+    train_compile: Literal["auto", "on", "off"] = Field("auto", alias="GUILDTUNE_TRAIN_COMPILE")
     qlora: Literal["auto", "on", "off"] = Field("auto", alias="GUILDTUNE_QLORA")
     memory_cap_gib: float | None = Field(None, alias="GUILDTUNE_MEMORY_CAP_GIB", gt=0)
     dev_guild_id: int | None = Field(None, alias="GUILDTUNE_DEV_GUILD")

@@ -51,7 +51,7 @@ async def train_now(settings: Settings, guild_id: int, console: Console, server=
             version = await db.versions.active(guild_id)
             console.print(f"[green]v{version.number} is active[/green] for guild {guild_id}: "
                           f"{final.metrics.get('gate', '')}", highlight=False)
-            timings = final.metrics.get("timings", {})
+            timings = {**final.metrics.get("timings", {}), **outcome.timings}
             if timings:
                 console.print("  " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()), highlight=False)
             return 0

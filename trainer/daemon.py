@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,8 @@ CANCEL_GRACE_S = 20.0
 class RunOutcome:
     run: TrainingRun
     published: bool
+    #: wall-clock seconds of the phases this daemon ran: job (the child process), publish, swap
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class TrainerDaemon:
@@ -127,7 +129,10 @@ class TrainerDaemon:
     async def process(self, run: TrainingRun) -> RunOutcome:
         """Train (child), then publish, preload and flip the pointer if the child succeeded."""
         log.info("guild %s: training run %s (%s)", run.guild_id, run.id, run.trigger)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
         code = await self.run_job_process(run)
+        timings["job_s"] = time.perf_counter() - t0
         after = await self.db.runs.get(run.guild_id, run.id)
         if after.status in ("gated", "failed", "cancelled"):
             return RunOutcome(after, False)
@@ -137,6 +142,7 @@ class TrainerDaemon:
             await self.db.runs.finish(run.guild_id, run.id, "failed",
                                       error=f"the training process died ({reason}) before finishing")
             return RunOutcome(await self.db.runs.get(run.guild_id, run.id), False)
+        t0 = time.perf_counter()
         try:
             tag = await self.server.publish(version)
             await self.db.versions.set_tag(run.guild_id, version.id, tag)
@@ -146,15 +152,18 @@ class TrainerDaemon:
                                       error=f"publishing v{version.number} failed: {exc}")
             await self.db.versions.mark_removed(run.guild_id, version.id)
             return RunOutcome(await self.db.runs.get(run.guild_id, run.id), False)
+        timings["publish_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         await self.db.versions.activate(run.guild_id, version.id)
         await self.db.runs.finish(run.guild_id, run.id, "succeeded")
         if self.on_swap is not None:
             result = self.on_swap()
             if asyncio.iscoroutine(result):
                 await result
+        timings["swap_s"] = time.perf_counter() - t0
         await self.prune(run.guild_id)
         log.info("guild %s: v%s is active", run.guild_id, version.number)
-        return RunOutcome(await self.db.runs.get(run.guild_id, run.id), True)
+        return RunOutcome(await self.db.runs.get(run.guild_id, run.id), True, timings)
 
     async def prune(self, guild_id: int) -> None:
         """Keep the newest `keep_versions` versions servable for rollback; remove older ones."""

@@ -14,8 +14,9 @@ parameters; see ../shared/notes/training.md):
   6h + 2·q + 2·kv + 3·I values (norm inputs, attention q/k/v and output, MLP gate/up/act), plus
   a·s attention probabilities with eager attention. With gradient checkpointing only each layer's
   input (h values) is kept, plus one layer recomputed in full.
-- logits: b·s·V·4 (fp32) unless the loss is computed in chunks (TRL's default `nll` loss with a
-  fused LM head never materialises the full logits): then 0.
+- logits: b·s·V·12 when the full logits are materialised — the bf16 logits (2), their fp32 copy
+  for the cross-entropy (4), and both gradients (4 + 2); measured on an H100 (bench/vram_estimate.py,
+  README) — or 0 when the loss is computed in chunks (TRL's default `nll` loss with a fused LM head).
 
 Not counted: the CUDA context (~0.3-0.5 GiB, outside torch's allocator), allocator fragmentation.
 """
@@ -28,6 +29,7 @@ from typing import Any, Literal
 Method = Literal["full", "lora", "qlora"]
 METHODS = ("full", "lora", "qlora")
 GiB = 2**30
+LOGIT_BYTES_UNCHUNKED = 12  # bf16 logits + fp32 copy for the loss + their gradients
 NF4_BYTES_PER_PARAM = 0.516  # 4 bits + fp8 block scales with double quantization (64-value blocks)
 
 #: The shape of the embedded base model, for estimates before its cache exists (no need to dequantize it).
@@ -176,7 +178,7 @@ def estimate_memory(model: str | Path | Any, method: Method = "lora", *, seq_len
         activations = shape.layers * tokens * shape.hidden * activation_bytes + full_layer
     else:
         activations = shape.layers * full_layer
-    logits = 0.0 if chunked_loss else float(tokens) * shape.vocab * 4
+    logits = 0.0 if chunked_loss else float(tokens) * shape.vocab * LOGIT_BYTES_UNCHUNKED
     if chunked_loss:
         notes.append("loss computed in chunks: full logits never materialised")
     label = str(model) if not hasattr(model, "model_type") else f"config:{model.model_type}"

@@ -93,7 +93,7 @@ async def run_job(run_id: int, settings: Settings) -> int:
 
         cfg = TrainConfig.for_dataset(len(split.train), max_steps=settings.train_max_steps,
                                       device=settings.device, qlora=settings.qlora,
-                                      memory_cap_gib=settings.memory_cap_gib)
+                                      memory_cap_gib=settings.memory_cap_gib, compile=settings.train_compile)
         history: list[list[float]] = []
         last_write = [0.0]
 
@@ -116,6 +116,8 @@ async def run_job(run_id: int, settings: Settings) -> int:
         result = await asyncio.to_thread(run_sft, base_dir, split.train, split.eval, cfg, tmp_dir,
                                          on_progress=on_progress, should_cancel=lambda: cancel["flag"])
         timings["train_s"] = time.perf_counter() - t0
+        log.info("trained %d steps: %s", result.steps,
+                 ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items()))
         if cancel["flag"] or await db.runs.cancel_requested(run.guild_id, run.id):
             await db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled by a moderator or shutdown")
             return 0
@@ -134,7 +136,8 @@ async def run_job(run_id: int, settings: Settings) -> int:
                       golden=golden, split_note=split.note)
         metrics = {"eval_loss": result.eval_loss, "baseline_eval_loss": baseline, "train_loss": result.train_loss,
                    "steps": result.steps, "n_train": len(split.train), "n_eval": len(split.eval),
-                   "gate": gate.reason, "golden": [[g.question, g.ok] for g in golden], "timings": timings}
+                   "gate": gate.reason, "golden": [[g.question, g.ok] for g in golden], "timings": timings,
+                   "train_phases": result.phases, "plan": result.plan}
         await db.runs.update(run.guild_id, run.id, eval_loss=result.eval_loss, baseline_eval_loss=baseline,
                              metrics=metrics)
         if not gate.passed:

@@ -48,6 +48,8 @@ class SFTResult:
     eval_tokens: int = 0
     duration_s: float = 0.0
     plan: dict = field(default_factory=dict)
+    #: seconds of each phase: prepare (load + tokenize), train_loop, save, candidate_eval
+    phases: dict = field(default_factory=dict)
 
 
 # --- tokenizer and labels -------------------------------------------------------------------------
@@ -281,10 +283,15 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
     history: list[tuple[int, float]] = []
     state: dict = {"cancelled": False, "t0": time.perf_counter()}
     scratch = output_dir / "trainer_state"  # the Trainer's own output (logs if report_to is set)
+    phases: dict[str, float] = {}
+    mark = time.perf_counter()
     prepared = prepare_trainer(base_model_dir, train_ds, cfg, scratch, callbacks=[
         _progress_callback(total_steps, on_progress, should_cancel, history, state)])
     trainer, tokenizer, plan, model = prepared.trainer, prepared.tokenizer, prepared.plan, prepared.trainer.model
+    phases["prepare_s"] = time.perf_counter() - mark  # load model + tokenizer, tokenize/pack the data
+    mark = time.perf_counter()
     output = trainer.train()
+    phases["train_loop_s"] = time.perf_counter() - mark
     steps = trainer.state.global_step
     train_loss = float(output.training_loss) if steps else None
     result = SFTResult(train_loss=train_loss, eval_loss=None, loss_history=history, steps=steps,
@@ -295,6 +302,7 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
         result.duration_s = time.perf_counter() - started
         return result
 
+    mark = time.perf_counter()
     peft_model = trainer.model
     peft_model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
@@ -302,6 +310,8 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
         {"config": cfg.to_dict(), "plan": asdict(plan), "total_steps": total_steps, "steps": steps}, indent=2))
     if scratch.exists() and not any(scratch.iterdir()):
         scratch.rmdir()
+    phases["save_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
 
     if n_eval:
         # The gate compares this number with eval_loss() of the active version: measure the same way. The
@@ -315,6 +325,8 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
         else:
             result.eval_loss, result.eval_tokens = mean_token_nll(peft_model, tokenizer, eval_ds, cfg.max_length,
                                                                   cfg.eval_batch_size)
+    phases["candidate_eval_s"] = time.perf_counter() - mark
+    result.phases = phases
     result.duration_s = time.perf_counter() - started
     return result
 
