@@ -71,11 +71,18 @@ def test_labels_are_answers_and_end_of_turn_only(arch, tiny_model_dir, tiny_llam
     prompt_ids = [t for t, l in zip(enc["input_ids"], enc["labels"]) if l == -100]
     assert "Hello!" in tok.decode(prompt_ids) and "Hi there" not in tok.decode(prompt_ids)
 
-    # TRL's own preprocessing (what training really sees) produces the same labels
+    # TRL's own preprocessing of the conversations produces the same labels, so handing TRL our
+    # tokenization (prepare_trainer does, to skip TRL's slow tokenizer hashing) changes nothing
+    from trl import SFTConfig, SFTTrainer
+
     ds = build_split([(1, messages[1:]), (2, messages[1:3])], "Sys.").train
-    prepared = prepare_trainer(model_dir, ds, TrainConfig(max_steps=1), tmp_path / "work")
-    for row, msgs in zip(prepared.trainer.train_dataset, ds["messages"]):
-        assert row["labels"] == encode_conversation(tok, msgs)["labels"]
+    trl_trainer = SFTTrainer(model=str(model_dir), processing_class=tok, train_dataset=ds.select_columns(["messages"]),
+                             args=SFTConfig(output_dir=str(tmp_path / "trl"), assistant_only_loss=True, max_steps=1,
+                                            use_cpu=True, report_to="none"))
+    ours = prepare_trainer(model_dir, ds, TrainConfig(max_steps=1), tmp_path / "work").trainer.train_dataset
+    for trl_row, our_row, msgs in zip(trl_trainer.train_dataset, ours, ds["messages"]):
+        assert trl_row["labels"] == our_row["labels"] == encode_conversation(tok, msgs)["labels"]
+        assert trl_row["input_ids"] == our_row["input_ids"]
 
 
 # --- a training run -----------------------------------------------------------------------------------

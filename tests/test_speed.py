@@ -128,3 +128,16 @@ def test_packed_training_on_cpu_runs_through_the_project_trainer(tmp_path, preto
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 12 and all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_auto_compiles_only_runs_long_enough_to_earn_it_back():
+    from trainer.speed import COMPILE_MIN_STEPS
+
+    short = choose_speed(TrainConfig(), _plan(), _llama_1b(), [330] * 10, gpu_total_bytes=80 * GIB,
+                         total_steps=COMPILE_MIN_STEPS - 1)
+    long = choose_speed(TrainConfig(), _plan(), _llama_1b(), [330] * 10, gpu_total_bytes=80 * GIB,
+                        total_steps=COMPILE_MIN_STEPS)
+    forced = choose_speed(TrainConfig(compile="on"), _plan(), _llama_1b(), [330] * 10, gpu_total_bytes=80 * GIB,
+                          total_steps=10)
+    assert not short.compile and any("too few to earn" in r for r in short.reasons)
+    assert long.compile and forced.compile

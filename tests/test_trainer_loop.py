@@ -87,16 +87,20 @@ async def test_kill_9_mid_run_leaves_consistent_state(loop_env, monkeypatch):
     settings, db, server = loop_env
     monkeypatch.setenv("GUILDTUNE_TRAIN_MAX_STEPS", "400")
     settings = load_settings()
+    await db.examples.add_many(GUILD, [[{"role": "user", "content": f"filler question {i}"},
+                                        {"role": "assistant", "content": f"filler answer {i}"}] for i in range(800)],
+                               source="import", author_id=None, status="approved")  # a run of many steps
     daemon = TrainerDaemon(db, settings, server)
     run = await queued_and_claimed(db)
     task = asyncio.create_task(daemon.process(run))
     for _ in range(600):
         current = await db.runs.get(GUILD, run.id)
-        if current.step >= 2 and current.pid:
+        if current.step >= 1 and current.pid:
             break
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     else:
         pytest.fail(f"the job never reported progress: {current}")
+    assert current.step < current.total_steps, "the run ended before it could be killed mid-run"
     os.kill(current.pid, signal.SIGKILL)
     outcome = await task
     assert outcome.run.status == "failed" and "signal 9" in outcome.run.error

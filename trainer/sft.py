@@ -12,6 +12,7 @@ vocabulary are never materialised for the whole sequence).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -55,7 +56,15 @@ class SFTResult:
 # --- tokenizer and labels -------------------------------------------------------------------------
 
 def load_tokenizer(model_dir: str | Path, model_type: str | None = None, name: str | None = None):
-    """The model's tokenizer with a training chat template (generation markers) and a pad token ≠ EOS."""
+    """The model's tokenizer with a training chat template (generation markers) and a pad token ≠ EOS.
+
+    Loaded once per folder and process: a job trains and evaluates twice with the same tokenizer, and
+    Gemma's 262k-token one takes seconds to load."""
+    return _load_tokenizer(str(Path(model_dir).resolve()), model_type, name)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(model_dir: str, model_type: str | None, name: str | None):
     from transformers import AutoConfig, AutoTokenizer
 
     from trainer.chat_template import check_assistant_mask, training_chat_template
@@ -75,6 +84,22 @@ def load_tokenizer(model_dir: str | Path, model_type: str | None = None, name: s
             log.warning("%s has no pad token distinct from EOS; padding with EOS (labels stay masked)", model_dir)
             tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def tokenize_conversations(ds: "Dataset", tokenizer, max_length: int) -> "Dataset":
+    """`messages` → `input_ids` + `labels` (assistant tokens only), dropping rows with nothing to learn.
+
+    TRL would do the same (a test holds the labels equal), but its `Dataset.map` hashes the tokenizer
+    for the datasets cache: ~15 s for Gemma's 262k-token vocabulary, longer than the training itself
+    on a GPU. Tokenizing here first makes TRL take the data as it is.
+    """
+    from datasets import Dataset
+
+    rows = [encode_conversation(tokenizer, m, max_length) for m in ds["messages"]]
+    rows = [r for r in rows if any(t != -100 for t in r["labels"])]
+    if not rows:
+        raise ValueError("no training conversation has an assistant turn to learn from")
+    return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
 
 
 def encode_conversation(tokenizer, messages: list[dict], max_length: int | None = None) -> dict[str, list[int]]:
@@ -174,6 +199,8 @@ def _progress_callback(total_steps: int, on_progress: ProgressFn | None, should_
             self.on_step_end(args, st, control)  # a cancel noticed while reporting stops at this step
 
         def on_step_end(self, args, st, control, **kwargs):
+            if kwargs:  # a real step end (not the call from on_log): keep its time for the phase report
+                state.setdefault("step_ends", []).append(time.perf_counter())
             if should_cancel is not None and should_cancel():
                 state["cancelled"] = True
                 control.should_training_stop = True
@@ -213,8 +240,11 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
     total_steps = cfg.total_steps(len(train_ds))
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(base_model_dir)
+    if "input_ids" not in train_ds.column_names:
+        train_ds = tokenize_conversations(train_ds, tokenizer, cfg.max_length)
     lengths = sample_lengths(train_ds, tokenizer) if wants_lengths(cfg, plan) else None
-    speed = choose_speed(cfg, plan, AutoConfig.from_pretrained(str(base_model_dir)), lengths)
+    speed = choose_speed(cfg, plan, AutoConfig.from_pretrained(str(base_model_dir)), lengths,
+                         total_steps=total_steps)
     plan = replace(plan, attn_implementation=speed.attn_implementation, optim=speed.optim,
                    gradient_checkpointing=speed.gradient_checkpointing, reasons=plan.reasons + speed.reasons)
     log.info("training plan: %s", "; ".join(plan.reasons) or "defaults")
@@ -292,6 +322,12 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
     mark = time.perf_counter()
     output = trainer.train()
     phases["train_loop_s"] = time.perf_counter() - mark
+    ends = state.get("step_ends", [])
+    if ends:
+        phases["first_step_s"] = ends[0] - state["t0"]
+        gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
+        if gaps:
+            phases["median_step_s"] = gaps[len(gaps) // 2]
     steps = trainer.state.global_step
     train_loss = float(output.training_loss) if steps else None
     result = SFTResult(train_loss=train_loss, eval_loss=None, loss_history=history, steps=steps,
@@ -315,9 +351,14 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
 
     if n_eval:
         # The gate compares this number with eval_loss() of the active version: measure the same way. The
-        # in-memory model qualifies unless it trained on a 4-bit base or with another attention kernel.
-        same_as_eval = not plan.qlora and plan.attn_implementation == _eval_plan(cfg, _model_type(
-            base_model_dir)).attn_implementation
+        # in-memory model qualifies unless it trained on a 4-bit base, with another attention kernel, or
+        # with compiled blocks (new shapes would recompile). The packed-row kernel hands the padded eval
+        # batches to SDPA, so it evaluates as SDPA does.
+        from trainer.packing import ATTN_IMPLEMENTATION
+
+        trained_attn = "sdpa" if plan.attn_implementation == ATTN_IMPLEMENTATION else plan.attn_implementation
+        same_as_eval = (not plan.qlora and not prepared.speed.get("compile")
+                        and trained_attn == _eval_plan(cfg, _model_type(base_model_dir)).attn_implementation)
         if not same_as_eval:
             del trainer, peft_model, model, prepared
             torch.cuda.empty_cache()

@@ -43,6 +43,10 @@ LIGER_BY_DEFAULT = False
 #: Whether 'auto' compiles the decoder blocks on CUDA with packing. Measured on an H100 (bench/RESULTS.md):
 #: median step 0.123 s vs 0.189 s eager (21.8k vs 14.2k tok/s), QLoRA 9.3k vs 6.3k.
 COMPILE_BY_DEFAULT = True
+#: ... but only for runs long enough to earn the compile back. Measured on an H100 (bench/time_to_learn.py,
+#: Gemma 3 270M shape, 112 steps): first step 23.9 s compiled vs 3.1 s eager, then 0.10 vs 0.19 s a step,
+#: so compiling pays from about 230 steps on.
+COMPILE_MIN_STEPS = 250
 #: Families whose layer kernels liger-kernel patches (see liger_kernel.transformers.monkey_patch).
 LIGER_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3"}
 
@@ -137,7 +141,7 @@ def liger_available() -> bool:
 
 
 def choose_speed(cfg: "TrainConfig", plan: "Plan", model_config, lengths: Sequence[int] | None = None, *,
-                 gpu_total_bytes: int | None = None) -> SpeedChoice:
+                 gpu_total_bytes: int | None = None, total_steps: int | None = None) -> SpeedChoice:
     """Decide packing, attention, checkpointing, optimizer and kernels for this run (see module doc)."""
     reasons: list[str] = []
     model_type = getattr(model_config, "model_type", "") or ""
@@ -204,9 +208,13 @@ def choose_speed(cfg: "TrainConfig", plan: "Plan", model_config, lengths: Sequen
     if cuda and cfg.optim == "auto" and not plan.qlora:
         optim = "adamw_torch_fused"
     compile_mode = getattr(cfg, "compile", "auto")
-    compile_blocks = cuda and packing and (compile_mode == "on" or (compile_mode == "auto" and COMPILE_BY_DEFAULT))
+    long_run = total_steps is None or total_steps >= COMPILE_MIN_STEPS
+    compile_blocks = cuda and packing and (compile_mode == "on" or (compile_mode == "auto" and COMPILE_BY_DEFAULT
+                                                                   and long_run))
     if compile_blocks:
         reasons.append("torch.compile on each decoder block (fixed packed rows: compiled once)")
+    elif cuda and packing and compile_mode == "auto" and not long_run:
+        reasons.append(f"no torch.compile: {total_steps} steps are too few to earn the compile time back")
     liger_mode = getattr(cfg, "liger", "auto")
     use_liger = bool(cuda and liger_available() and model_type in LIGER_FAMILIES and not compile_blocks
                      and (liger_mode == "on" or (liger_mode == "auto" and LIGER_BY_DEFAULT)))
