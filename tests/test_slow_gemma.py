@@ -12,7 +12,7 @@ from rich.console import Console
 from guildtune.demo import community_facts, teach_train_compare
 from guildtune.settings import load_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 REPO = Path(__file__).resolve().parents[1]
 
 
