@@ -2,6 +2,7 @@
 `guildtune up` (bot + trainer in one process) answers, trains, and shuts down cleanly on Ctrl-C
 with the running job cancelled and recorded as such."""
 import asyncio
+import logging
 import time
 
 from guildtune.runtime import run_services
@@ -49,7 +50,8 @@ async def test_tracker_loads_then_switches_and_keeps_old_on_failed_load(tmp_path
         await bot_db.close()
 
 
-async def test_up_answers_trains_and_cancels_the_job_on_ctrl_c(tmp_path, tiny_model_dir):
+async def test_up_answers_trains_and_cancels_the_job_on_ctrl_c(tmp_path, tiny_model_dir, caplog):
+    caplog.set_level(logging.DEBUG)  # everything discord.py and we log, the token must be in none of it
     ollama = OllamaStandIn()
     await ollama.start()
     settings = Settings(_env_file=None, discord_token="up-test-token", data_dir=tmp_path / "data",
@@ -82,6 +84,8 @@ async def test_up_answers_trains_and_cancels_the_job_on_ctrl_c(tmp_path, tiny_mo
             assert final.status == "cancelled" and final.step < 2000
             assert await db.versions.active(guild.id) is None
             assert "Bot up-test-token" in fake.authorization_headers
+            assert caplog.records and "up-test-token" not in caplog.text
+            assert all("up-test-token" not in (m.content or "") for m in fake.sent)
     finally:
         await db.close()
         await ollama.stop()
