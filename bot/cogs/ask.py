@@ -21,7 +21,8 @@ from discord.utils import MISSING
 from bot.checks import is_moderator
 from bot.contributions import contribute
 from bot.formatting import NO_MENTIONS, retry_hint, shorten, split_message
-from serving.protocol import GenerationOptions, ModelServerError, ModelServerUnavailable
+from serving.prompting import guild_messages, guild_options
+from serving.protocol import ModelServerError, ModelServerUnavailable
 from storage.records import Answer, ModelVersion
 
 if TYPE_CHECKING:
@@ -267,10 +268,8 @@ class AskCog(commands.Cog):
         gs = await self.bot.db.settings.get(guild_id)
         version = self.bot.tracker.get(guild_id)
         timeout_s = self.bot.settings.answer_timeout_s
-        messages = ([{"role": "system", "content": gs.system_prompt}] if gs.system_prompt.strip() else [])
-        messages.append({"role": "user", "content": question})
-        options = GenerationOptions(temperature=gs.temperature, top_k=gs.top_k, max_tokens=gs.max_tokens,
-                                    timeout_s=timeout_s)
+        messages = guild_messages(gs, question)
+        options = guild_options(gs, timeout_s)
         stream = AnswerStream(interaction, ephemeral=private)
         text, problem = "", None
         started = time.monotonic()
