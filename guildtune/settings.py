@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     train_max_steps: int | None = Field(None, alias="GUILDTUNE_TRAIN_MAX_STEPS", ge=1)
     gate_tolerance: float = Field(0.02, alias="GUILDTUNE_GATE_TOLERANCE", ge=0, le=1)
     train_compile: Literal["auto", "on", "off"] = Field("auto", alias="GUILDTUNE_TRAIN_COMPILE")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", alias="GUILDTUNE_REPORT_TO")
     qlora: Literal["auto", "on", "off"] = Field("auto", alias="GUILDTUNE_QLORA")
     memory_cap_gib: float | None = Field(None, alias="GUILDTUNE_MEMORY_CAP_GIB", gt=0)
     dev_guild_id: int | None = Field(None, alias="GUILDTUNE_DEV_GUILD")

@@ -62,3 +62,14 @@ def test_guild_setting_parsing(name, raw, value):
 def test_guild_setting_errors(name, raw, fragment):
     with pytest.raises(SettingError, match=fragment.replace("(", r"\(")):
         parse_setting(name, raw)
+
+
+def test_env_example_lists_every_setting_with_an_explanation():
+    from pathlib import Path
+
+    from guildtune.settings import Settings
+
+    lines = (Path(__file__).resolve().parents[1] / ".env.example").read_text(encoding="utf-8").splitlines()
+    for name, field in Settings.model_fields.items():
+        [i] = [n for n, line in enumerate(lines) if line.startswith(f"{field.alias}=")]
+        assert lines[i - 1].startswith("# "), f"{field.alias} has no explanation line above it"

@@ -93,7 +93,8 @@ async def run_job(run_id: int, settings: Settings) -> int:
 
         cfg = TrainConfig.for_dataset(len(split.train), max_steps=settings.train_max_steps,
                                       device=settings.device, qlora=settings.qlora,
-                                      memory_cap_gib=settings.memory_cap_gib, compile=settings.train_compile)
+                                      memory_cap_gib=settings.memory_cap_gib, compile=settings.train_compile,
+                                      report_to=settings.report_to)
         history: list[list[float]] = []
         last_write = [0.0]
 
