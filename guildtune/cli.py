@@ -244,7 +244,7 @@ def ask(
 @app.command()
 def demo(
     data_dir: Path = typer.Option(Path("./data/demo"), help="Where the demo keeps its database and versions."),
-    steps: int = typer.Option(60, help="Optimizer steps (60 learn the 20 facts; about 3 s each on a CPU)."),
+    steps: int = typer.Option(45, help="Optimizer steps (45 learn the 20 facts; 4-6 s each on a 2-core CPU)."),
 ) -> None:
     """The whole loop offline: base answers, training on invented community facts, swap, new answers."""
     from guildtune.demo import run_demo
