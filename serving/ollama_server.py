@@ -239,7 +239,9 @@ class OllamaServer:
     # ---- removal -------------------------------------------------------------------------------
     async def remove(self, version: ModelVersion) -> None:
         """Delete the version's tag; a tag already gone is not an error."""
-        tag = self.tag_for(version)
+        await self._delete_tag(self.tag_for(version))
+
+    async def _delete_tag(self, tag: str) -> None:
         try:
             await self._client.delete(tag)
         except ollama.ResponseError as e:
@@ -270,13 +272,7 @@ class OllamaServer:
         for index, (_number, tag) in enumerate(await self.guild_tags(guild_id)):
             if index < self.keep_versions or tag in spared:
                 continue
-            try:
-                await self._client.delete(tag)
-            except ollama.ResponseError as e:
-                if e.status_code != 404:
-                    raise self._translate(e, f"deleting {tag}", tag=tag) from e
-            except Exception as e:  # noqa: BLE001
-                raise self._translate(e, f"deleting {tag}", tag=tag) from e
+            await self._delete_tag(tag)
             deleted.append(tag)
         return deleted
 

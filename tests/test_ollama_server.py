@@ -48,13 +48,6 @@ def version(tiny, arch, number=1, guild=GUILD):
                         n_examples=3, created_at=time.time())
 
 
-@pytest.fixture
-async def standin():
-    server = OllamaStandIn()
-    await server.start()
-    yield server
-    await server.stop()
-
 
 def make_server(standin, base_tag, **kw):
     return OllamaServer(host=standin.url, base_tag=base_tag, timeout_s=30, **kw)

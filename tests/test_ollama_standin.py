@@ -16,13 +16,6 @@ from ollama_standin import OllamaStandIn, check_go_template, reply_pieces, stand
 from serving.ollama_templates import FORMATS
 
 
-@pytest.fixture
-async def standin():
-    server = OllamaStandIn()
-    await server.start()
-    yield server
-    await server.stop()
-
 
 @pytest.fixture
 async def client(standin):
