@@ -160,10 +160,7 @@ class ProgressReporter:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self._task, return_exceptions=True)  # wait until it has really stopped
             self._task = None
 
     async def _loop(self) -> None:

@@ -234,6 +234,13 @@ class OllamaStandIn:
     def find(self, name: str) -> StoredModel | None:
         return self.models.get(full_name(name))
 
+    def require(self, name: str) -> StoredModel:
+        """The model, or Ollama's 404 `model 'x' not found`."""
+        model = self.find(name)
+        if model is None:
+            raise _error(404, f"model '{name}' not found")
+        return model
+
     def is_loaded(self, name: str) -> bool:
         name = full_name(name)
         if name not in self.loaded:
@@ -433,9 +440,7 @@ class OllamaStandIn:
         name = body.get("model") or ""
         if not name:
             raise _error(400, "model is required")
-        model = self.find(name)
-        if model is None:
-            raise _error(404, f"model '{name}' not found")
+        model = self.require(name)
         try:
             keep_alive = parse_keep_alive(body.get("keep_alive"))
         except ValueError as e:
@@ -517,9 +522,7 @@ class OllamaStandIn:
     async def show(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         name = body.get("model") or body.get("name") or ""
-        model = self.find(name)
-        if model is None:
-            raise _error(404, f"model '{name}' not found")
+        model = self.require(name)
         lines = [f"FROM {model.parent or model.name}"]
         lines += [f"ADAPTER {d}" for d in model.adapters.values()]
         if model.template:
@@ -541,9 +544,7 @@ class OllamaStandIn:
     async def delete(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         name = body.get("model") or body.get("name") or ""
-        model = self.find(name)
-        if model is None:
-            raise _error(404, f"model '{name}' not found")
+        model = self.require(name)
         del self.models[model.name]
         self.loaded.pop(model.name, None)
         return web.Response(status=200)
