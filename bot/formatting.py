@@ -117,3 +117,23 @@ def retry_hint(when: float, now: float | None = None) -> str:
 def shorten(text: str, limit: int, marker: str = "…") -> str:
     """For previews only (embed fields, labels): model answers are split, never shortened."""
     return text if len(text) <= limit else text[: max(limit - len(marker), 0)] + marker
+
+
+def learning_scores(metrics: dict) -> str | None:
+    """What a version knew when its gate judged it, in words (None for versions from before the recall gate).
+
+    Shared by the training-progress card and `/model status|history`.
+    """
+    if metrics.get("taught_recall") is None:
+        return None
+    probed = len(metrics.get("probed", ()))
+    parts = [f"answers {len(metrics.get('taught_known', ()))}/{probed} taught questions",
+             f"{len(metrics.get('paraphrase_known', ()))}/{probed} asked differently"]
+    if metrics.get("drift") is not None:
+        parts.append(f"drift {metrics['drift']:+.1%} from the base on general questions")
+    text = ", ".join(parts)
+    previous = metrics.get("previous") or {}
+    if previous.get("taught_recall") is not None:
+        name = "the base model" if previous.get("name") == "base" else previous.get("name", "before")
+        text += (f" ({name}: {previous['taught_recall']:.0%} and {previous['paraphrase_recall']:.0%})")
+    return text[:1].upper() + text[1:] + "."

@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # no display: render to memory only
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bot.formatting import NO_MENTIONS, format_duration, progress_bar  # noqa: E402
+from bot.formatting import NO_MENTIONS, format_duration, learning_scores, progress_bar  # noqa: E402
 from storage.records import ModelVersion, TrainingRun  # noqa: E402
 from storage.runs import FINAL  # noqa: E402
 
@@ -60,25 +60,17 @@ def running_text(run: TrainingRun, now: float | None = None) -> str:
     else:
         lines.append("Preparing the base model and the dataset…")
     if run.n_train:
-        lines.append(f"{run.n_train} training and {run.n_eval} held-out examples.")
+        lines.append(f"Learning all {run.n_train} approved examples.")
     return "\n".join(lines)
 
 
 def _eval_line(run: TrainingRun) -> str | None:
-    if run.eval_loss is None:
-        return None
-    if run.baseline_eval_loss is None:
-        return f"Eval loss {run.eval_loss:.4f}."
-    change = ""
-    if run.baseline_eval_loss > 0:
-        pct = (run.eval_loss - run.baseline_eval_loss) / run.baseline_eval_loss * 100
-        change = f" ({pct:+.1f}%)"
-    return f"Eval loss {run.eval_loss:.4f} vs {run.baseline_eval_loss:.4f} for the model it would replace{change}."
+    return learning_scores(run.metrics)
 
 
 def final_text(run: TrainingRun, version: ModelVersion | None = None,
                active: ModelVersion | None = None) -> str:
-    """The message once a run has ended: outcome, eval vs baseline, the gate's decision."""
+    """The message once a run has ended: outcome, what the version knew, the gate's decision."""
     head = f"**Training run #{run.id}** ({run.trigger})"
     serving = f"v{active.number}" if active else "the base model"
     if run.status == "succeeded":
@@ -110,7 +102,7 @@ def final_text(run: TrainingRun, version: ModelVersion | None = None,
 
 
 def render_loss_curve(run: TrainingRun) -> bytes | None:
-    """A PNG of training loss per step (eval and baseline losses as dashed lines); None without data."""
+    """A PNG of training loss per step; None without data."""
     points = [(float(p[0]), float(p[1])) for p in run.loss_history if len(p) >= 2]
     if not points:
         return None
@@ -119,11 +111,6 @@ def render_loss_curve(run: TrainingRun) -> bytes | None:
     ax = fig.add_subplot()
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None,
             label="training loss")
-    if run.eval_loss is not None:
-        ax.axhline(run.eval_loss, color="tab:green", linestyle="--", label=f"eval loss {run.eval_loss:.3f}")
-    if run.baseline_eval_loss is not None:
-        ax.axhline(run.baseline_eval_loss, color="tab:gray", linestyle=":",
-                   label=f"previous model {run.baseline_eval_loss:.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"Training run #{run.id}: {run.status}")

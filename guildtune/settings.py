@@ -4,8 +4,10 @@ A bad value stops the program at start with the variable's name, the value and w
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,7 +41,10 @@ class Settings(BaseSettings):
     trainer_poll_s: float = Field(15.0, alias="GUILDTUNE_TRAINER_POLL", gt=0, le=3600)
     version_poll_s: float = Field(3.0, alias="GUILDTUNE_VERSION_POLL", gt=0, le=600)
     train_max_steps: int | None = Field(None, alias="GUILDTUNE_TRAIN_MAX_STEPS", ge=1)
-    gate_tolerance: float = Field(0.02, alias="GUILDTUNE_GATE_TOLERANCE", ge=0, le=1)
+    train_config: dict[str, Any] = Field(default_factory=dict, alias="GUILDTUNE_TRAIN_CONFIG")
+    gate_tolerance: float = Field(0.05, alias="GUILDTUNE_GATE_TOLERANCE", ge=0, le=1)
+    gate_max_drift: float = Field(0.10, alias="GUILDTUNE_GATE_MAX_DRIFT", ge=0, le=100)
+    gate_sample: int = Field(48, alias="GUILDTUNE_GATE_SAMPLE", ge=0, le=10_000)
     train_compile: Literal["auto", "on", "off"] = Field("auto", alias="GUILDTUNE_TRAIN_COMPILE")
     report_to: Literal["none", "tensorboard", "wandb"] = Field("none", alias="GUILDTUNE_REPORT_TO")
     qlora: Literal["auto", "on", "off"] = Field("auto", alias="GUILDTUNE_QLORA")
@@ -54,6 +59,18 @@ class Settings(BaseSettings):
             value = "http://" + value
         return value.rstrip("/")
 
+    @field_validator("train_config")
+    @classmethod
+    def _known_train_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from trainer.config import TrainConfig
+
+        try:
+            TrainConfig(**value)
+        except TypeError as exc:
+            known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+            raise ValueError(f"{exc}; known fields: {known}") from None
+        return value
+
     def child_env(self) -> dict[str, str]:
         """These settings as environment variables for a child process (the training job),
         so it sees exactly what its parent sees. The Discord token is left out: a job needs none."""
@@ -62,7 +79,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name == "discord_token" or value is None:
                 continue
-            env[field.alias] = str(value)
+            env[field.alias] = json.dumps(value) if isinstance(value, dict) else str(value)
         env["GUILDTUNE_DB"] = str(self.db_path)
         return env
 

@@ -80,7 +80,8 @@ async def test_model_status_and_history(world):
     assert "none yet" in rec.text
 
     db = world.db
-    metrics = {"eval_loss": 1.1, "baseline_eval_loss": 1.4, "train_loss": 0.9, "n_train": 18, "n_eval": 2}
+    metrics = {"taught_recall": 1.0, "paraphrase_recall": 0.5, "probed": ["a", "b"], "taught_known": ["a", "b"],
+               "paraphrase_known": ["a"], "drift": 0.02, "train_loss": 0.9, "n_train": 18}
     v1 = await db.versions.create(gid, run_id=None, adapter_path="/nowhere/v1", base_model="b", metrics={},
                                   n_examples=10)
     v2 = await db.versions.create(gid, run_id=None, adapter_path="/nowhere/v2", base_model="b", metrics=metrics,
@@ -97,7 +98,8 @@ async def test_model_status_and_history(world):
     rec = await world.fake.slash(world.guild, world.channel, world.mod, "model status")
     text = rec.text
     assert "**Active model:** v2" in text and "trained on 20 example(s)" in text
-    assert "eval loss 1.1000 (before: 1.4000)" in text and "train loss 0.9000" in text and "18 train / 2 eval" in text
+    assert "Answers 2/2 taught questions, 1/2 asked differently, drift +2.0% from the base" in text
+    assert "train loss 0.9000" in text and "18 examples" in text
     # The adapters don't exist, so the model server could not load v2: status says what answers meanwhile.
     assert "still loading v2; answers come from the base model" in text
     assert f"Training run #{running.id}" in text and "step 5/10" in text and "loss 0.7500" in text

@@ -1,65 +1,95 @@
-"""Dataset building: split by example id that never moves, fallback to train loss said aloud, dedup, validation."""
+"""Dataset building: every approved example trained on, passes with paraphrases, the general mix, dedup, validation."""
 from __future__ import annotations
 
 import pytest
 
-from trainer.dataset import build_split, is_eval_id
+from trainer.dataset import GENERAL_ROW_ID, build_training_set, copies_of, general_instructions
+from trainer.paraphrase import PROBE_FORMS, TRAINING_FORMS, probe_variants, training_variants
 
 
 def qa(i: int, q: str | None = None, a: str | None = None):
-    return (i, [{"role": "user", "content": q or f"question {i}?"}, {"role": "assistant", "content": a or f"answer {i}"}])
+    return (i, [{"role": "user", "content": q or f"When does raid {i} start?"},
+                {"role": "assistant", "content": a or f"answer {i}"}])
 
 
-def test_split_is_by_id_and_stable_as_data_grows():
-    small = build_split([qa(i) for i in range(1, 201)], "sys")
-    big = build_split([qa(i) for i in range(1, 1001)], "sys")
-    assert not small.eval_is_train and not big.eval_is_train
-    assert set(small.train_ids).isdisjoint(small.eval_ids)
-    assert len(small.train_ids) + len(small.eval_ids) == 200
-    # no example changes side when more examples arrive
-    assert set(small.eval_ids) <= set(big.eval_ids)
-    assert set(small.train_ids) <= set(big.train_ids)
-    # and the order of arrival does not matter
-    shuffled = build_split(list(reversed([qa(i) for i in range(1, 201)])), "sys")
-    assert shuffled.eval_ids == small.eval_ids
-    assert 0.05 < len(big.eval_ids) / 1000 < 0.15  # about eval_fraction = 10%
-    assert big.eval["example_id"] == big.eval_ids
-    assert all(is_eval_id(i) for i in big.eval_ids)
+def test_no_approved_example_is_left_out_of_training():
+    for n in (2, 7, 30, 41, 200, 1000):
+        training = build_training_set([qa(i) for i in range(1, n + 1)], "sys", passes=3, paraphrase_share=0.5)
+        assert training.example_ids == list(range(1, n + 1))
+        assert set(training.train["example_id"]) == set(range(1, n + 1))
+        # every example appears `passes` times: as taught at least once, in other words the rest
+        per_example = {}
+        for example_id, kind in zip(training.train["example_id"], training.train["kind"]):
+            per_example.setdefault(example_id, []).append(kind)
+        assert all(sorted(kinds) == ["paraphrase", "taught", "taught"] for kinds in per_example.values())
 
 
-def test_too_few_held_out_falls_back_to_train_and_says_so():
-    split = build_split([qa(i) for i in range(1, 11)], "sys")
-    assert split.eval_is_train
-    assert split.eval_ids == split.train_ids == list(range(1, 11))
-    assert "training loss instead of held-out loss" in split.note
+def test_paraphrased_copies_keep_the_answer_and_ask_differently():
+    turns = qa(1, "When is the weekly board-game night?", "Every Thursday at 7 pm in #tabletop.")[1]
+    copies = copies_of(turns, 6, 0.5)
+    assert [kind for _, kind in copies].count("paraphrase") == 3
+    questions = {c[-2]["content"] for c, kind in copies if kind == "paraphrase"}
+    assert len(questions) == 3 and "When is the weekly board-game night?" not in questions
+    assert all(c[-1] == turns[-1] for c, _ in copies)
+    assert copies_of(turns, 1, 0.5) == [(turns, "taught")]  # one pass: as taught
+
+
+def test_training_and_probe_phrasings_never_meet():
+    for q in ("When is the weekly board-game night?", "who runs the book club", "What's the dues amount?",
+              "Where do we meet on Saturdays?", "x"):
+        train = set(training_variants(q, len(TRAINING_FORMS), "k"))
+        probe = set(probe_variants(q, len(PROBE_FORMS), "k"))
+        assert train and probe and not train & probe and q not in train | probe
+
+
+def test_paraphrasing_is_linear_in_the_question_length():
+    import time
+
+    q = "word " * 200_000 + "?"
+    t0 = time.perf_counter()
+    assert len(training_variants(q, 8, "k")) >= 6 and probe_variants(q, 4, "k")
+    assert time.perf_counter() - t0 < 5  # 1 MB question; a backtracking rule would take hours
+
+
+def test_general_mix_is_a_share_of_the_rows_with_the_guild_prompt():
+    general = general_instructions()
+    assert len(general) >= 40
+    training = build_training_set([qa(i) for i in range(1, 31)], "Guild prompt.", passes=4, paraphrase_share=0.5,
+                                  general=general, general_share=0.2)
+    kinds = training.train["kind"]
+    assert kinds.count("general") == training.n_general == round(0.2 * 120 / 0.8)
+    rows = [m for m, k in zip(training.train["messages"], kinds) if k == "general"]
+    assert all(m[0] == {"role": "system", "content": "Guild prompt."} for m in rows)
+    assert all(i == GENERAL_ROW_ID for i, k in zip(training.train["example_id"], kinds) if k == "general")
+    assert build_training_set([qa(1), qa(2)], None, general=general, general_share=0.0).n_general == 0
 
 
 def test_system_prompt_first_and_own_system_kept():
     own = (99, [{"role": "system", "content": "Pirate mode."}, {"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "arr"}])
-    split = build_split([qa(1), own], "  Guild prompt.  ")
-    rows = dict(zip(split.train["example_id"], split.train["messages"]))
+    training = build_training_set([qa(1), own], "  Guild prompt.  ")
+    rows = dict(zip(training.train["example_id"], training.train["messages"]))
     assert rows[1][0] == {"role": "system", "content": "Guild prompt."}
     assert rows[99][0] == {"role": "system", "content": "Pirate mode."}
-    assert build_split([qa(1)], None).train["messages"][0][0]["role"] == "user"
+    assert build_training_set([qa(1)], None).train["messages"][0][0]["role"] == "user"
 
 
-def test_duplicates_dropped_keeping_oldest():
-    split = build_split([qa(5, "Same  question?", "Same answer"), qa(2, "Same question?", " Same answer "), qa(7)],
-                        "sys")
-    assert split.train_ids == [2, 7]
-    assert split.dropped_duplicates == [5]
-    assert "1 duplicate" in split.note
+def test_duplicates_dropped_keeping_oldest_with_storage_rule():
+    # case, spacing and Unicode form do not make a new example (storage's content_hash)
+    training = build_training_set([qa(5, "SAME  question?", "Same answer"), qa(2, "Same question?", " Same answer "),
+                                   qa(8, "Ｓame question?", "same answer"), qa(7)], "sys")
+    assert training.example_ids == [2, 7]
+    assert training.dropped_duplicates == [5, 8]
+    assert "2 duplicate" in training.note
 
 
 def test_invalid_conversations_skipped_with_reason_and_all_invalid_refused():
     bad = [(3, [{"role": "user", "content": "no answer"}]),
            (4, [{"role": "assistant", "content": "starts wrong"}, {"role": "user", "content": "x"}]),
            (6, [{"role": "user", "content": "   "}, {"role": "assistant", "content": "a"}])]
-    split = build_split([qa(1), *bad], "sys")
-    assert split.train_ids == [1]
-    assert set(split.dropped_invalid) == {3, 4, 6}
-    assert "end with an assistant answer" in split.dropped_invalid[3]
-    assert "empty" in split.dropped_invalid[6]
+    training = build_training_set([qa(1), *bad], "sys")
+    assert training.example_ids == [1]
+    assert set(training.dropped_invalid) == {3, 4, 6}
+    assert "3 unusable" in training.note
     with pytest.raises(ValueError, match="no usable examples"):
-        build_split(bad, "sys")
+        build_training_set(bad, "sys")

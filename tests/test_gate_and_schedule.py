@@ -7,21 +7,67 @@ from guildtune.settings import load_settings
 from storage.db import Database
 from storage.schedule import parse_schedule
 from trainer.daemon import TrainerDaemon
-from trainer.gate import GoldenCheck, decide
+from trainer.gate import Evidence, GoldenCheck, decide
 
 
-def test_gate_passes_within_tolerance_and_fails_beyond():
-    ok = decide(1.01, 1.0, tolerance=0.02, baseline_name="v1")
-    assert ok.passed and "vs v1's 1.0000" in ok.reason
-    bad = decide(1.05, 1.0, tolerance=0.02, baseline_name="v1")
-    assert not bad.passed and "worse than v1's 1.0000" in bad.reason
+def ev(probed, taught, para, drift=None):
+    return Evidence(frozenset(probed), frozenset(taught), frozenset(para), drift)
+
+
+KEYS = [f"k{i}" for i in range(20)]
+
+
+def test_gate_passes_when_it_knows_what_the_active_version_knew():
+    previous = ev(KEYS, KEYS[:15], KEYS[:8])
+    result = decide(ev(KEYS, KEYS[:20], KEYS[:10], 0.02), previous, previous_name="v1", recall_tolerance=0.05,
+                    max_drift=0.10)
+    assert result.passed
+    assert "knows 20/20 taught questions and 10/20 asked differently" in result.reason
+    assert "drift +2.0% from the base (limit 10%)" in result.reason and "(v1: 15/20 and 8/20)" in result.reason
+
+
+def test_gate_tolerates_a_few_lost_answers_and_names_more():
+    previous = ev(KEYS, KEYS, KEYS[:10])
+    # 5% of 20 = 1 answer may be lost
+    assert decide(ev(KEYS, KEYS[1:], KEYS[:10]), previous, previous_name="v1", recall_tolerance=0.05,
+                  max_drift=0.1).passed
+    lost = decide(ev(KEYS, KEYS[3:], KEYS[:10]), previous, previous_name="v1", recall_tolerance=0.05,
+                  max_drift=0.1, questions={"k0": "When is raid night?"})
+    assert not lost.passed
+    assert "forgot 3 of the 20 questions (taught) that v1 answered (tolerance 5%)" in lost.reason
+    assert "'When is raid night?'" in lost.reason
+    para = decide(ev(KEYS, KEYS, KEYS[:5]), previous, previous_name="v1", recall_tolerance=0.05, max_drift=0.1)
+    assert not para.passed and "forgot 5 of the 10 questions (asked differently)" in para.reason
+
+
+def test_gate_compares_only_questions_both_were_asked():
+    # v1 knew k0..k9; the candidate was not asked k0..k4 (those examples were deleted)
+    previous = ev(KEYS[:10], KEYS[:10], [])
+    candidate = ev(KEYS[5:], KEYS[5:], [])
+    assert decide(candidate, previous, previous_name="v1", recall_tolerance=0.0, max_drift=0.1).passed
+
+
+def test_gate_refuses_drift_past_the_limit_with_the_reason():
+    result = decide(ev(KEYS, KEYS, KEYS, 0.31), None, previous_name="the base model", recall_tolerance=0.05,
+                    max_drift=0.10)
+    assert not result.passed and "drifted +31.0% from the base model on general prompts (limit 10%)" in result.reason
 
 
 def test_gate_fails_on_a_lost_golden_answer():
     golden = [GoldenCheck("Who runs the server?", "Ada", "It is run by ada."),
               GoldenCheck("Server color?", "teal", "It is blue.")]
-    result = decide(0.5, 1.0, tolerance=0.0, baseline_name="the base model", golden=golden)
+    result = decide(ev(KEYS, KEYS, KEYS, 0.0), None, previous_name="the base model", recall_tolerance=0.0,
+                    max_drift=0.1, golden=golden)
     assert not result.passed and "'Server color?' should mention 'teal'" in result.reason
+
+
+def test_evidence_round_trips_through_version_metrics():
+    from trainer.recall import RecallScores
+
+    scores = RecallScores({"a": True, "b": False}, {"a": False, "b": True})
+    recorded = Evidence.from_metrics({**scores.to_metrics(), "drift": 0.04})
+    assert recorded == ev(["a", "b"], ["a"], ["b"], 0.04)
+    assert Evidence.from_metrics({"eval_loss": 1.0}) is None  # a version from before the recall gate
 
 
 def test_schedules():

@@ -35,7 +35,7 @@ def test_running_text_has_bar_step_loss_and_eta():
     assert "Training run #7" in text and "retrain" in text
     assert "▰" * 6 + "▱" * 14 + " 30%" in text
     assert "step 30/100" in text and "loss 1.2346" in text and "ETA 2m 10s" in text
-    assert "40 training and 5 held-out examples" in text
+    assert "Learning all 40 approved examples" in text
     assert "Preparing" in running_text(run(step=0, total_steps=0, loss=None))
 
 
@@ -44,11 +44,18 @@ def test_eta_falls_back_to_elapsed_time_per_step():
     assert estimate_eta(run(eta_s=None, step=0)) is None
 
 
+SCORES = {"taught_recall": 0.9, "paraphrase_recall": 0.7, "probed": [f"k{i}" for i in range(10)],
+          "taught_known": [f"k{i}" for i in range(9)], "paraphrase_known": [f"k{i}" for i in range(7)],
+          "drift": 0.031, "previous": {"name": "v3", "taught_recall": 0.8, "paraphrase_recall": 0.5}}
+
+
 def test_final_text_for_every_outcome():
-    done = dict(finished_at=1300.0, step=100, eval_loss=1.1, baseline_eval_loss=1.25)
+    done = dict(finished_at=1300.0, step=100, metrics=SCORES)
     ok = final_text(run(status="succeeded", **done), version(4), version(4))
     assert "succeeded: this server now answers with **v4**" in ok
-    assert "Eval loss 1.1000 vs 1.2500" in ok and "(-12.0%)" in ok and "100/100 steps in 5m 00s" in ok
+    assert ("Answers 9/10 taught questions, 7/10 asked differently, drift +3.1% from the base on general "
+            "questions (v3: 80% and 50%).") in ok
+    assert "100/100 steps in 5m 00s" in ok
 
     gated = final_text(run(status="gated", gate_reason="eval loss 1.31 is worse than v3's 1.25", **done),
                        None, version(3))
@@ -118,16 +125,16 @@ async def test_progress_message_is_posted_edited_and_finalised_with_a_loss_curve
 
         # The trainer finishes and publishes v1.
         v1 = await db.versions.create(gid, run_id=running.id, adapter_path=str(tmp_path / "a"), base_model="b",
-                                      metrics={"eval_loss": 1.2}, n_examples=10)
+                                      metrics=SCORES, n_examples=10)
         await db.versions.activate(gid, v1.id)
         await db.runs.update(gid, running.id, step=10, loss=1.0,
                              loss_history=[[s, 2.0 - s / 10] for s in range(1, 11)])
-        await db.runs.finish(gid, running.id, "succeeded", eval_loss=1.2, baseline_eval_loss=1.5)
+        await db.runs.finish(gid, running.id, "succeeded", metrics=SCORES)
         final = await next_in_review(world)
         while "succeeded" not in final.content:  # an intermediate progress edit may come first
             final = await next_in_review(world)
         assert final.message is posted.message
-        assert "now answers with **v1**" in final.content and "Eval loss 1.2000 vs 1.5000" in final.content
+        assert "now answers with **v1**" in final.content and "Answers 9/10 taught questions" in final.content
         assert [a.filename for a in final.attachments] == ["loss_curve.png"]
         assert final.attachments[0].data.startswith(PNG_MAGIC)
 
@@ -154,9 +161,9 @@ async def test_gated_run_and_a_guild_without_review_channel(tmp_path, fast_progr
 
         await world.configure(review_channel_id=world.review_channel.id)
         await next_in_review(world)  # the running message, now that there is a channel
-        await db.runs.finish(gid, run_.id, "gated", gate_reason="eval loss 0.80 is worse than the base model's 0.70",
-                             eval_loss=0.8, baseline_eval_loss=0.7)
+        await db.runs.finish(gid, run_.id, "gated", gate_reason="drifted +31.0% from the base model on general prompts",
+                             metrics={**SCORES, "drift": 0.31})
         final = await next_in_review(world)
-        assert "was not published: eval loss 0.80 is worse than the base model's 0.70" in final.content
+        assert "was not published: drifted +31.0% from the base model on general prompts" in final.content
         assert "Answers still come from the base model" in final.content
         assert final.attachments[0].data.startswith(PNG_MAGIC)

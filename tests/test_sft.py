@@ -10,8 +10,8 @@ import pytest
 
 from tiny_model import make_tiny_model_dir, tiny_llama_dir, tiny_model_dir  # noqa: F401 (fixtures)
 from trainer.config import TrainConfig
-from trainer.dataset import build_split
-from trainer.sft import encode_conversation, eval_loss, load_tokenizer, prepare_trainer, run_sft
+from trainer.dataset import build_training_set
+from trainer.sft import encode_conversation, eval_loss, load_tokenizer, mean_token_nll, prepare_trainer, run_sft
 
 END_OF_TURN = {"gemma3": "<end_of_turn>", "llama": "<|eot_id|>"}
 
@@ -31,8 +31,10 @@ def tiny_cfg(n_train: int, **kw) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def split():
-    s = build_split(facts(80), "You help the guild.")
-    assert not s.eval_is_train and len(s.eval) >= 4
+    """80 examples to train on, and 10 of the same shape it never sees (`heldout`)."""
+    s = build_training_set(facts(80), "You help the guild.")
+    s.heldout = build_training_set(facts(10, offset=1000), "You help the guild.").train
+    assert len(s.train) == 80
     return s
 
 
@@ -45,8 +47,9 @@ def trained(tiny_model_dir, split, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(workdir)  # anything the Trainer wrote to "its" folder would land here
     try:
-        result = run_sft(tiny_model_dir, split.train, split.eval, tiny_cfg(len(split.train)), out,
-                         on_progress=lambda *a: progress.append(a))
+        result = run_sft(tiny_model_dir, split.train, tiny_cfg(len(split.train)), out,
+                         on_progress=lambda *a: progress.append(a),
+                         evaluate=lambda model, tok: mean_token_nll(model, tok, split.heldout, 128, 8)[0])
     finally:
         os.chdir(cwd)
     return result, out, workdir, progress
@@ -75,7 +78,7 @@ def test_labels_are_answers_and_end_of_turn_only(arch, tiny_model_dir, tiny_llam
     # tokenization (prepare_trainer does, to skip TRL's slow tokenizer hashing) changes nothing
     from trl import SFTConfig, SFTTrainer
 
-    ds = build_split([(1, messages[1:]), (2, messages[1:3])], "Sys.").train
+    ds = build_training_set([(1, messages[1:]), (2, messages[1:3])], "Sys.").train
     trl_trainer = SFTTrainer(model=str(model_dir), processing_class=tok, train_dataset=ds.select_columns(["messages"]),
                              args=SFTConfig(output_dir=str(tmp_path / "trl"), assistant_only_loss=True, max_steps=1,
                                             use_cpu=True, report_to="none"))
@@ -114,29 +117,29 @@ def test_loss_goes_down_and_progress_is_reported(trained):
     assert all(p[1] == 12 for p in progress)
     assert all(p[2] is not None and p[3] is not None and p[3] >= 0 for p in progress)
     assert progress[-1][3] == 0
-    assert result.train_loss is not None and result.n_train + result.n_eval == 80
+    assert result.train_loss is not None and result.n_train == 80
 
 
 def test_eval_loss_with_and_without_adapter(trained, tiny_model_dir, split):
     result, out, _, _ = trained
     cfg = tiny_cfg(len(split.train))
-    base = eval_loss(tiny_model_dir, None, split.eval, cfg)
-    tuned = eval_loss(tiny_model_dir, out, split.eval, cfg)
-    assert tuned == pytest.approx(result.eval_loss, abs=1e-3)  # the same yardstick in and after training
-    assert tuned < base - 0.3  # held-out examples of the same shape got easier
-    assert eval_loss(tiny_model_dir, None, split.eval.select([]), cfg) is None
+    base = eval_loss(tiny_model_dir, None, split.heldout, cfg)
+    tuned = eval_loss(tiny_model_dir, out, split.heldout, cfg)
+    assert tuned == pytest.approx(result.evaluation, abs=1e-3)  # the same yardstick in memory and reloaded
+    assert tuned < base - 0.3  # unseen examples of the same shape got easier
+    assert eval_loss(tiny_model_dir, None, split.heldout.select([]), cfg) is None
     with pytest.raises(FileNotFoundError, match="no PEFT adapter"):
-        eval_loss(tiny_model_dir, out.parent, split.eval, cfg)
+        eval_loss(tiny_model_dir, out.parent, split.heldout, cfg)
 
 
 def test_cancel_stops_the_run_and_writes_no_adapter(tiny_model_dir, split, tmp_path):
     seen = []
-    result = run_sft(tiny_model_dir, split.train, split.eval, tiny_cfg(len(split.train), max_steps=50),
+    result = run_sft(tiny_model_dir, split.train, tiny_cfg(len(split.train), max_steps=50),
                      tmp_path / "out", on_progress=lambda *a: seen.append(a[0]),
                      should_cancel=lambda: len(seen) >= 2)
     assert result.cancelled and result.steps == 2 and result.total_steps == 50
     assert not any((tmp_path / "out").iterdir())
-    assert run_sft(tiny_model_dir, split.train, split.eval, tiny_cfg(10), tmp_path / "o2",
+    assert run_sft(tiny_model_dir, split.train, tiny_cfg(10), tmp_path / "o2",
                    should_cancel=lambda: True).steps == 0
 
 

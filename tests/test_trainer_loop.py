@@ -26,6 +26,8 @@ async def loop_env(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.setenv("GUILDTUNE_DEVICE", "cpu")
     monkeypatch.delenv("GUILDTUNE_DB", raising=False)
     monkeypatch.setenv("GUILDTUNE_TRAIN_MAX_STEPS", "12")
+    # a random tiny model's "general answers" are noise: drift is gated on purpose below, not here
+    monkeypatch.setenv("GUILDTUNE_GATE_MAX_DRIFT", "100")
     settings = load_settings()
     db = await Database.open(settings.db_path)
     for q, a in FACTS:
@@ -49,7 +51,7 @@ async def test_run_trains_publishes_and_swaps(loop_env):
     run = outcome.run
     assert outcome.published, (run.error, run.gate_reason)
     assert run.status == "succeeded" and run.step == run.total_steps == 12
-    assert run.n_train + run.n_eval >= len(FACTS) - 1
+    assert run.n_train == len(FACTS) and run.n_eval == 0  # every approved example is trained on
     losses = [loss for _, loss in run.loss_history]
     assert len(losses) >= 3 and losses[-1] < losses[0]
     active = await db.versions.active(GUILD)
@@ -57,8 +59,12 @@ async def test_run_trains_publishes_and_swaps(loop_env):
     adapter = Path(active.adapter_path)
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert not list(adapter.parent.glob(".run-*.tmp"))
-    assert run.eval_loss is not None and run.baseline_eval_loss is not None
-    assert "eval loss" in run.metrics["gate"]
+    metrics = run.metrics
+    assert metrics["probed"] and len(metrics["probed"]) == len(FACTS)
+    assert 0 <= metrics["taught_recall"] <= 1 and 0 <= metrics["paraphrase_recall"] <= 1
+    assert metrics["drift"] is not None and metrics["previous"]["name"] == "base"
+    assert f"knows {len(metrics['taught_known'])}/{len(FACTS)} taught questions" in metrics["gate"]
+    assert active.metrics["probed"] == metrics["probed"]  # the next gate compares with what v1 knew
     # the published version answers (and differs from the base: the adapter is really in use)
     question = [{"role": "user", "content": FACTS[0][0]}]
     options = GenerationOptions(temperature=0, max_tokens=8)
@@ -83,6 +89,16 @@ async def test_gate_fails_on_purpose_and_active_version_stays(loop_env):
     assert sorted(p.name for p in guild_dir.iterdir()) == [f"run-{first.run.id}"]
 
 
+async def test_a_version_that_drifts_is_gated_and_says_why(loop_env, monkeypatch):
+    settings, db, server = loop_env
+    monkeypatch.setenv("GUILDTUNE_GATE_MAX_DRIFT", "0")
+    daemon = TrainerDaemon(db, load_settings(), server)
+    outcome = await daemon.process(await queued_and_claimed(db))
+    assert not outcome.published and outcome.run.status == "gated"
+    assert "from the base model on general prompts (limit 0%)" in outcome.run.gate_reason
+    assert await db.versions.active(GUILD) is None
+
+
 async def test_kill_9_mid_run_leaves_consistent_state(loop_env, monkeypatch):
     settings, db, server = loop_env
     monkeypatch.setenv("GUILDTUNE_TRAIN_MAX_STEPS", "400")
@@ -93,7 +109,7 @@ async def test_kill_9_mid_run_leaves_consistent_state(loop_env, monkeypatch):
     daemon = TrainerDaemon(db, settings, server)
     run = await queued_and_claimed(db)
     task = asyncio.create_task(daemon.process(run))
-    for _ in range(600):
+    for _ in range(2400):
         current = await db.runs.get(GUILD, run.id)
         if current.step >= 1 and current.pid:
             break

@@ -13,11 +13,6 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-#: Default share of examples held out for evaluation, and the least the gate accepts as an eval split.
-DEFAULT_EVAL_FRACTION = 0.1
-DEFAULT_MIN_EVAL_EXAMPLES = 4
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one LoRA SFT run. Defaults suit a small community dataset on one GPU or a CPU."""
@@ -96,11 +91,15 @@ class TrainConfig:
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "Pad batches to a multiple of this many tokens (static shapes for compiled kernels)."})
 
+    # --- what is learned (trainer/dataset.py) ---------------------------------------------------
+    paraphrase_share: float = field(default=0.5, metadata={
+        "help": "Share of each example's copies (one per pass) whose question is asked in other words "
+                "(trainer/paraphrase.py): ties the answer to what is asked, not to one wording."})
+    general_share: float = field(default=0.15, metadata={
+        "help": "Share of the rows taken from the shipped general instructions (trainer/data/), so learning "
+                "the community's facts does not wreck the model's other answers. 0 turns it off."})
+
     # --- evaluation & logging -------------------------------------------------------------------
-    eval_fraction: float = field(default=DEFAULT_EVAL_FRACTION, metadata={
-        "help": "Share of examples held out for the gate's eval loss (split by example id)."})
-    min_eval_examples: int = field(default=DEFAULT_MIN_EVAL_EXAMPLES, metadata={
-        "help": "Fewer held-out examples than this and the gate falls back to train loss (and says so)."})
     logging_steps: int = field(default=1, metadata={"help": "Report the training loss every N steps."})
     report_to: str = field(default="none", metadata={
         "help": "Experiment trackers for transformers: 'none', 'tensorboard', 'wandb' (comma-separated)."})
@@ -125,8 +124,10 @@ class TrainConfig:
             problems.append(f"need 1 <= min_epochs ({self.min_epochs}) <= max_epochs ({self.max_epochs})")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
-        if not 0 < self.eval_fraction < 1:
-            problems.append(f"eval_fraction={self.eval_fraction} must be between 0 and 1")
+        if not 0 <= self.paraphrase_share <= 1:
+            problems.append(f"paraphrase_share={self.paraphrase_share} must be between 0 and 1")
+        if not 0 <= self.general_share < 1:
+            problems.append(f"general_share={self.general_share} must be in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device={self.device!r}: allowed auto, cpu, cuda")
         if self.precision not in ("auto", "bf16", "fp32"):

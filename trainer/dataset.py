@@ -1,75 +1,56 @@
-"""Approved examples → chat `datasets.Dataset`s, split deterministically into train and eval.
+"""Approved examples → the rows one run trains on. Every approved example is trained on.
 
-The split is decided by a hash of each example's id alone, so an example stays on the same side
-across runs as the data grows (the gate's comparison of candidate vs active stays honest).
-When the held-out side is smaller than `min_eval` examples, the eval split is the training data
-itself and `Split.note` says so: the gate then compares train losses, and the run records why.
+The community's data is facts, not a sample of a distribution: an example held out of training
+would never be answered, however often the guild retrains. So nothing is held out; the gate's
+evidence comes from recall, paraphrase probes and drift (trainer/gate.py).
 
-Conversations are normalised (roles checked, whitespace trimmed), the guild's system prompt is
-put first, and duplicates (same turns after normalisation) are dropped, keeping the oldest id.
+A run makes `passes` passes over the examples (trainer/config.py decides how many). Each pass
+sees every example once, but not always worded the same: `paraphrase_share` of an example's
+copies ask its last question in another phrasing (`trainer.paraphrase.training_variants`), so the
+answer is tied to what is asked rather than to one wording. A little general instruction data
+written for the project (`trainer/data/general_instructions.json`) is mixed in, `general_share` of
+the rows, so learning the community's facts does not wreck everything else.
+
+Conversations are checked with storage's rule (`validate_conversation`), the guild's system prompt
+is put first, and duplicates (storage's `content_hash` of the turns) are dropped, keeping the oldest id.
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from trainer.config import DEFAULT_EVAL_FRACTION, DEFAULT_MIN_EVAL_EXAMPLES
+from storage.conversation import InvalidConversation, validate_conversation
+from trainer.paraphrase import training_variants
+from trainer.recall import example_key
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
 Conversation = list[dict[str, str]]
+#: `example_id` of rows that are not the guild's (the shipped general instructions).
+GENERAL_ROW_ID = 0
 
 
 @dataclass
-class Split:
-    """Train and eval datasets (column `messages`, plus `example_id`) and what was decided on the way."""
+class TrainingSet:
+    """The rows to train on (columns `messages`, `example_id`, `kind`) and what was decided on the way."""
 
     train: "Dataset"
-    eval: "Dataset"
-    train_ids: list[int]
-    eval_ids: list[int]
-    #: True when too few examples were held out and eval is the training data (the gate compares train loss).
-    eval_is_train: bool
-    #: A sentence for moderators when something was unusual (fallback to train loss, dropped examples).
+    #: The approved examples kept, in id order, with the guild's system prompt: what the gate probes.
+    examples: list[tuple[int, Conversation]]
+    n_paraphrased: int
+    n_general: int
+    #: A sentence for moderators when something was unusual (dropped examples).
     note: str | None
     dropped_duplicates: list[int] = field(default_factory=list)
     dropped_invalid: dict[int, str] = field(default_factory=dict)
 
-
-def is_eval_id(example_id: int, eval_fraction: float = DEFAULT_EVAL_FRACTION) -> bool:
-    """Whether this example belongs to the held-out split; depends on the id only, never on the data."""
-    digest = hashlib.sha256(f"guildtune-split:{example_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
-
-
-def normalise(messages: Sequence[dict]) -> Conversation:
-    """Check a conversation and return it trimmed; raise ValueError saying what is wrong."""
-    turns: Conversation = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"message {i} is not a {{role, content}} object")
-        role, content = message["role"], message["content"]
-        if role not in ("system", "user", "assistant"):
-            raise ValueError(f"message {i} has unknown role {role!r}")
-        if not isinstance(content, str) or not content.strip():
-            raise ValueError(f"message {i} ({role}) is empty")
-        if role == "system" and i != 0:
-            raise ValueError(f"message {i} is a system message after the start")
-        turns.append({"role": role, "content": content.strip()})
-    body = turns[1:] if turns and turns[0]["role"] == "system" else turns
-    if not body:
-        raise ValueError("no user or assistant messages")
-    for i, message in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            raise ValueError(f"turns must alternate user/assistant starting with user; turn {i} is "
-                             f"{message['role']}")
-    if body[-1]["role"] != "assistant":
-        raise ValueError("the conversation does not end with an assistant answer")
-    return turns
+    @property
+    def example_ids(self) -> list[int]:
+        return [i for i, _ in self.examples]
 
 
 def with_system_prompt(turns: Conversation, system_prompt: str | None) -> Conversation:
@@ -79,56 +60,74 @@ def with_system_prompt(turns: Conversation, system_prompt: str | None) -> Conver
     return [{"role": "system", "content": system_prompt.strip()}, *turns]
 
 
-def _content_key(turns: Conversation) -> str:
-    body = [t for t in turns if t["role"] != "system"]
-    return json.dumps([[t["role"], " ".join(t["content"].split())] for t in body], ensure_ascii=False)
+def general_instructions() -> list[Conversation]:
+    """The shipped general instruction pairs, as conversations."""
+    pairs = json.loads(files("trainer").joinpath("data/general_instructions.json").read_text(encoding="utf-8"))
+    return [[{"role": "user", "content": p["question"]}, {"role": "assistant", "content": p["answer"]}]
+            for p in pairs]
 
 
-def build_split(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None, *,
-                eval_fraction: float = DEFAULT_EVAL_FRACTION,
-                min_eval: int = DEFAULT_MIN_EVAL_EXAMPLES) -> Split:
-    """Build the train/eval datasets from `(example_id, messages)` pairs of ONE guild."""
-    from datasets import Dataset
+def _reworded(turns: Conversation, question: str) -> Conversation:
+    return [*turns[:-2], {"role": "user", "content": question}, turns[-1]]
 
+
+def copies_of(turns: Conversation, passes: int, paraphrase_share: float) -> list[tuple[Conversation, str]]:
+    """`passes` copies of one example, `paraphrase_share` of them (rounded down) in other words."""
+    wanted = math.floor(passes * paraphrase_share + 1e-9)
+    variants = training_variants(turns[-2]["content"], wanted, example_key(turns)) if wanted else []
+    out = [(_reworded(turns, variants[i % len(variants)]), "paraphrase") for i in range(wanted)] if variants else []
+    return [(turns, "taught")] * (passes - len(out)) + out
+
+
+def usable_examples(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None
+                    ) -> tuple[list[tuple[int, Conversation]], list[int], dict[int, str]]:
+    """(kept examples in id order with the system prompt, duplicate ids, {invalid id: reason})."""
     kept: list[tuple[int, Conversation]] = []
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
     duplicates: list[int] = []
     invalid: dict[int, str] = {}
     for example_id, messages in sorted(examples, key=lambda pair: pair[0]):
         try:
-            turns = normalise(messages)
-        except ValueError as exc:
+            turns = validate_conversation(list(messages))
+        except InvalidConversation as exc:
             invalid[example_id] = str(exc)
             continue
-        key = _content_key(turns)
+        key = example_key(turns)
         if key in seen:
             duplicates.append(example_id)
             continue
-        seen[key] = example_id
+        seen.add(key)
         kept.append((example_id, with_system_prompt(turns, system_prompt)))
+    return kept, duplicates, invalid
+
+
+def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None, *,
+                       passes: int = 1, paraphrase_share: float = 0.0, general: Sequence[Conversation] = (),
+                       general_share: float = 0.0) -> TrainingSet:
+    """The rows of ONE guild's run: every usable example `passes` times, plus the general mix."""
+    from datasets import Dataset
+
+    kept, duplicates, invalid = usable_examples(examples, system_prompt)
     if not kept:
         raise ValueError("no usable examples to train on" + (
             f" ({len(invalid)} invalid: " + "; ".join(f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")"
             if invalid else ""))
-
-    held = [(i, t) for i, t in kept if is_eval_id(i, eval_fraction)]
+    rows: list[tuple[int, Conversation, str]] = []
+    for example_id, turns in kept:
+        rows.extend((example_id, copy, kind) for copy, kind in copies_of(turns, max(1, passes), paraphrase_share))
+    n_paraphrased = sum(kind == "paraphrase" for _, _, kind in rows)
+    n_general = 0
+    if general and general_share > 0:
+        n_general = min(round(general_share * len(rows) / (1 - general_share)), len(general) * max(1, passes))
+        rows.extend((GENERAL_ROW_ID, with_system_prompt(list(general[i % len(general)]), system_prompt), "general")
+                    for i in range(n_general))
     notes = []
-    if len(held) >= min_eval and len(held) < len(kept):
-        train = [(i, t) for i, t in kept if not is_eval_id(i, eval_fraction)]
-        evaluation, eval_is_train = held, False
-    else:
-        train, evaluation, eval_is_train = kept, kept, True
-        notes.append(f"only {len(held)} of {len(kept)} examples fall in the held-out split (need {min_eval}), "
-                     "so the gate compares training loss instead of held-out loss")
     if duplicates:
         notes.append(f"{len(duplicates)} duplicate example(s) skipped")
     if invalid:
         notes.append(f"{len(invalid)} unusable example(s) skipped (" + "; ".join(
             f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")")
-
-    def to_dataset(rows: list[tuple[int, Conversation]]) -> "Dataset":
-        return Dataset.from_dict({"messages": [t for _, t in rows], "example_id": [i for i, _ in rows]})
-
-    return Split(train=to_dataset(train), eval=to_dataset(evaluation), train_ids=[i for i, _ in train],
-                 eval_ids=[i for i, _ in evaluation], eval_is_train=eval_is_train,
-                 note="; ".join(notes) or None, dropped_duplicates=duplicates, dropped_invalid=invalid)
+    train = Dataset.from_dict({"messages": [t for _, t, _ in rows], "example_id": [i for i, _, _ in rows],
+                               "kind": [k for _, _, k in rows]})
+    return TrainingSet(train=train, examples=kept, n_paraphrased=n_paraphrased, n_general=n_general,
+                       note="; ".join(notes) or None, dropped_duplicates=duplicates, dropped_invalid=invalid)

@@ -1,30 +1,43 @@
 """`python -m trainer.job RUN_ID`: one training run, in its own process.
 
-Reads the guild's approved examples, trains a fresh LoRA adapter on all of them, evaluates it
-against what serves now, and — if the gate passes — moves the adapter from its temporary
-folder to its final one and records a `ready` model version. The daemon publishes and swaps.
+Reads the guild's approved examples, trains a fresh LoRA adapter on all of them, judges it while
+it is in memory (recall of taught and rephrased questions against what serves now, drift from the
+base on general prompts, golden questions: trainer/gate.py), and — if the gate passes — moves the
+adapter from its temporary folder to its final one and records a `ready` model version. The
+daemon publishes and swaps.
 A kill at any point leaves at most a temporary folder (deleted at the daemon's next start),
 never a half version, and the active version untouched.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from guildtune.settings import Settings, load_settings
+from serving.prompting import guild_messages
 from storage.db import Database
 from storage.records import ModelVersion, TrainingRun
+from trainer.base_model import resolve_base_model
+from trainer.config import TrainConfig
+from trainer.dataset import TrainingSet, build_training_set, general_instructions
+from trainer.gate import Evidence, GoldenCheck, decide
+from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
+from trainer.sft import run_sft
 
 log = logging.getLogger("trainer.job")
 
 MIN_APPROVED = 2
 PROGRESS_EVERY_S = 2.0
+#: Tokens of a golden question's answer searched for its expected text.
+GOLDEN_ANSWER_TOKENS = 64
 
 
 class JobFailed(Exception):
@@ -36,36 +49,119 @@ def version_dirs(settings: Settings, run: TrainingRun) -> tuple[Path, Path]:
     return guild_dir / f".run-{run.id}.tmp", guild_dir / f"run-{run.id}"
 
 
-async def golden_checks(settings, base_dir: Path, adapter_dir: Path, run: TrainingRun, questions, system_prompt):
-    """Ask the candidate each golden question through the in-process server (greedy decoding)."""
-    from serving.local_server import LocalServer
-    from serving.protocol import GenerationOptions
-    from trainer.gate import GoldenCheck
+@dataclass
+class Evaluation:
+    """The gate's evidence on a trained candidate, gathered while it is still in memory."""
 
-    server = LocalServer(str(base_dir), device=settings.device)
-    candidate = ModelVersion(id=-run.id, guild_id=run.guild_id, number=0, run_id=run.id, tag=None,
-                             adapter_path=str(adapter_dir), base_model=str(base_dir), metrics={},
-                             status="ready", n_examples=0, created_at=time.time())
-    checks = []
+    candidate: RecallScores
+    drift: float
+    drift_nll: float
+    base_drift_nll: float
+    #: what the version it would replace knew: recorded in its metrics, or measured now (base, old versions)
+    previous: Evidence | None
+    golden: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def train_config(settings: Settings, n_examples: int) -> TrainConfig:
+    """The run's config for `n_examples` approved examples: defaults, the settings, GUILDTUNE_TRAIN_CONFIG last."""
+    chosen = dict(max_steps=settings.train_max_steps, device=settings.device, qlora=settings.qlora,
+                  memory_cap_gib=settings.memory_cap_gib, compile=settings.train_compile,
+                  report_to=settings.report_to)
+    return TrainConfig.for_dataset(n_examples, **{**chosen, **settings.train_config})
+
+
+def training_rows(examples, gs, cfg: TrainConfig) -> TrainingSet:
+    """Every approved example, `cfg.epochs` passes of it (some asked in other words), plus the general mix."""
+    passes = cfg.epochs(len(examples))
+    return build_training_set([(e.id, e.messages) for e in examples], system_prompt=gs.system_prompt,
+                              passes=passes, paraphrase_share=cfg.paraphrase_share,
+                              general=general_instructions() if cfg.general_share > 0 else (),
+                              general_share=cfg.general_share)
+
+
+def evidence_of(scores: RecallScores, drift: float | None = None) -> Evidence:
+    return Evidence(frozenset(scores.taught), frozenset(k for k, v in scores.taught.items() if v),
+                    frozenset(k for k, v in scores.paraphrase.items() if v), drift)
+
+
+def previous_evidence(model, tokenizer, probes, active: ModelVersion | None) -> Evidence | None:
+    """What the version being replaced knew on these probes.
+
+    The base model (no active version) is asked now through the candidate's base view; an active
+    version is judged by what its own gate recorded, or, for a version recorded before the gate kept
+    that, asked now with its adapter loaded beside the candidate's.
+    """
+    from trainer.drift import _base_view
+
+    if active is None:
+        with _base_view(model):
+            return evidence_of(recall_scores(model, tokenizer, probes))
+    recorded = Evidence.from_metrics(active.metrics)
+    if recorded is not None:
+        return recorded
     try:
-        await server.publish(candidate)
-        for q in questions:
-            messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": q["question"]}]
-            pieces = [p async for p in server.chat(candidate, messages, GenerationOptions(temperature=0.0,
-                                                                                       max_tokens=64))]
-            checks.append(GoldenCheck(q["question"], q["expect"], "".join(pieces)))
+        model.load_adapter(active.adapter_path, adapter_name="previous")
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.warning("could not load v%s to compare with (%s); comparing with nothing", active.number, exc)
+        return None
+    try:
+        model.set_adapter("previous")
+        return evidence_of(recall_scores(model, tokenizer, probes))
     finally:
-        await server.close()
-    return checks
+        model.set_adapter("default")
+        model.delete_adapter("previous")
+
+
+def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSet, gs, active: ModelVersion | None,
+                       settings: Settings, cfg: TrainConfig) -> Evaluation:
+    """Recall and paraphrase probes, drift, golden questions, and the previous version's knowledge."""
+    from trainer.drift import reference, relative_drift
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    probes = build_probes([turns for _, turns in training.examples], settings.gate_sample)
+    candidate = recall_scores(model, tokenizer, probes)
+    timings["recall_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = reference(model, tokenizer, base_dir, gs.system_prompt, settings.models_dir / "drift", cfg.max_length,
+                    cfg.eval_batch_size)
+    drift, nll = relative_drift(model, tokenizer, ref, cfg.max_length, cfg.eval_batch_size)
+    timings["drift_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    previous = previous_evidence(model, tokenizer, probes, active)
+    timings["previous_s"] = time.perf_counter() - t0
+    golden = []
+    if gs.golden_questions:
+        t0 = time.perf_counter()
+        asked = [guild_messages(gs, q["question"]) for q in gs.golden_questions]
+        answers = greedy_answers(model, tokenizer, asked, [GOLDEN_ANSWER_TOKENS] * len(asked))
+        golden = [GoldenCheck(q["question"], q["expect"], a) for q, a in zip(gs.golden_questions, answers)]
+        timings["golden_s"] = time.perf_counter() - t0
+    return Evaluation(candidate, drift, nll, ref.base_nll, previous, golden, timings)
+
+
+def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | None, settings: Settings):
+    """The gate's decision on the evaluation, and the metrics a run and its version keep."""
+    questions = {example_key(turns): turns[-2]["content"] for _, turns in training.examples}
+    candidate = evidence_of(evaluation.candidate, evaluation.drift)
+    gate = decide(candidate, evaluation.previous, previous_name=f"v{active.number}" if active else "the base model",
+                  recall_tolerance=settings.gate_tolerance, max_drift=settings.gate_max_drift,
+                  golden=evaluation.golden, questions=questions)
+    metrics = {**evaluation.candidate.to_metrics(), "drift": evaluation.drift, "drift_nll": evaluation.drift_nll,
+               "base_drift_nll": evaluation.base_drift_nll, "gate": gate.reason,
+               "golden": [[g.question, g.ok] for g in evaluation.golden]}
+    previous = evaluation.previous
+    if previous is not None:
+        common = candidate.probed & previous.probed
+        metrics["previous"] = {"name": f"v{active.number}" if active else "base",
+                               "taught_recall": len(previous.taught_known & common) / len(common) if common else None,
+                               "paraphrase_recall": (len(previous.paraphrase_known & common) / len(common)
+                                                     if common else None)}
+    return gate, metrics
 
 
 async def run_job(run_id: int, settings: Settings) -> int:
-    from trainer.base_model import resolve_base_model
-    from trainer.config import TrainConfig
-    from trainer.dataset import build_split
-    from trainer.gate import decide
-    from trainer.sft import eval_loss, run_sft
-
     db = await Database.open(settings.db_path)
     run = await db.runs.by_id(run_id)
     if run is None or run.status != "running":
@@ -87,71 +183,41 @@ async def run_job(run_id: int, settings: Settings) -> int:
         timings["load_base_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        split = build_split([(e.id, e.messages) for e in examples], system_prompt=gs.system_prompt)
+        cfg = train_config(settings, len(examples))
+        training = training_rows(examples, gs, cfg)
+        cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
         timings["dataset_s"] = time.perf_counter() - t0
-        await db.runs.update(run.guild_id, run.id, n_train=len(split.train), n_eval=len(split.eval))
-
-        cfg = TrainConfig.for_dataset(len(split.train), max_steps=settings.train_max_steps,
-                                      device=settings.device, qlora=settings.qlora,
-                                      memory_cap_gib=settings.memory_cap_gib, compile=settings.train_compile,
-                                      report_to=settings.report_to)
-        history: list[list[float]] = []
-        last_write = [0.0]
-
-        async def write_progress(step, total, loss, eta):
-            await db.runs.update(run.guild_id, run.id, step=step, total_steps=total, loss=loss, eta_s=eta,
-                                 loss_history=history)
-            cancel["flag"] = await db.runs.cancel_requested(run.guild_id, run.id)
-
-        def on_progress(step: int, total: int, loss: float | None, eta_s: float | None) -> None:
-            if loss is not None:
-                history.append([step, float(loss)])
-            now = time.monotonic()
-            if now - last_write[0] >= PROGRESS_EVERY_S or step >= total:
-                last_write[0] = now
-                asyncio.run_coroutine_threadsafe(write_progress(step, total, loss, eta_s), loop).result()
+        await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
+        active = await db.versions.active(run.guild_id)
+        on_progress = progress_writer(db, run, loop, cancel)
 
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
         t0 = time.perf_counter()
-        result = await asyncio.to_thread(run_sft, base_dir, split.train, split.eval, cfg, tmp_dir,
-                                         on_progress=on_progress, should_cancel=lambda: cancel["flag"])
+        evaluate = functools.partial(evaluate_candidate, base_dir=base_dir, training=training, gs=gs, active=active,
+                                     settings=settings, cfg=cfg)
+        result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=on_progress,
+                                         should_cancel=lambda: cancel["flag"], evaluate=evaluate)
         timings["train_s"] = time.perf_counter() - t0
         log.info("trained %d steps: %s", result.steps,
                  ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items()))
         if cancel["flag"] or await db.runs.cancel_requested(run.guild_id, run.id):
             await db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled by a moderator or shutdown")
             return 0
-        await db.runs.update(run.guild_id, run.id, loss_history=history)
+        await db.runs.update(run.guild_id, run.id, loss_history=on_progress.history)
 
-        t0 = time.perf_counter()
-        active = await db.versions.active(run.guild_id)
-        baseline = await asyncio.to_thread(eval_loss, base_dir, active.adapter_path if active else None,
-                                           split.eval, cfg)
-        golden = []
-        if gs.golden_questions:
-            golden = await golden_checks(settings, base_dir, tmp_dir, run, gs.golden_questions, gs.system_prompt)
-        timings["eval_s"] = time.perf_counter() - t0
-        gate = decide(result.eval_loss, baseline, tolerance=settings.gate_tolerance,
-                      baseline_name=f"v{active.number}" if active else "the base model",
-                      golden=golden, split_note=split.note)
-        metrics = {"eval_loss": result.eval_loss, "baseline_eval_loss": baseline, "train_loss": result.train_loss,
-                   "steps": result.steps, "n_train": len(split.train), "n_eval": len(split.eval),
-                   "gate": gate.reason, "golden": [[g.question, g.ok] for g in golden], "timings": timings,
-                   "train_phases": result.phases, "plan": result.plan}
-        await db.runs.update(run.guild_id, run.id, eval_loss=result.eval_loss, baseline_eval_loss=baseline,
-                             metrics=metrics)
+        gate, metrics = judge(result.evaluation, training, active, settings)
+        metrics.update({"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
+                        "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
+                        "n_general": training.n_general, "note": training.note,
+                        "timings": {**timings, **result.evaluation.timings}, "train_phases": result.phases,
+                        "plan": result.plan})
+        await db.runs.update(run.guild_id, run.id, metrics=metrics)
         if not gate.passed:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             await db.runs.finish(run.guild_id, run.id, "gated", gate_reason=gate.reason, metrics=metrics)
             return 0
-        (tmp_dir / "guildtune_version.json").write_text(json.dumps(
-            {"run_id": run.id, "guild_id": run.guild_id, "base_model": str(base_dir), "metrics": metrics}))
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        os.replace(tmp_dir, final_dir)  # the version exists only once it is complete
-        await db.versions.create(run.guild_id, run_id=run.id, adapter_path=str(final_dir),
-                                 base_model=str(base_dir), metrics=metrics, n_examples=len(examples))
+        await commit_version(db, run, tmp_dir, final_dir, base_dir, metrics, len(examples))
         return 0
     except JobFailed as exc:
         await db.runs.finish(run.guild_id, run.id, "failed", error=str(exc))
@@ -164,6 +230,41 @@ async def run_job(run_id: int, settings: Settings) -> int:
         if tmp_dir.exists() and not final_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
         await db.close()
+
+
+def progress_writer(db: Database, run: TrainingRun, loop: asyncio.AbstractEventLoop, cancel: dict):
+    """The trainer's progress callback: writes step/loss/ETA to the run row (at most every
+    PROGRESS_EVERY_S) from the training thread, and picks up a cancel request on the way."""
+    history: list[list[float]] = []
+    last_write = [0.0]
+
+    async def write(step, total, loss, eta):
+        await db.runs.update(run.guild_id, run.id, step=step, total_steps=total, loss=loss, eta_s=eta,
+                             loss_history=history)
+        cancel["flag"] = await db.runs.cancel_requested(run.guild_id, run.id)
+
+    def on_progress(step: int, total: int, loss: float | None, eta_s: float | None) -> None:
+        if loss is not None:
+            history.append([step, float(loss)])
+        now = time.monotonic()
+        if now - last_write[0] >= PROGRESS_EVERY_S or step >= total:
+            last_write[0] = now
+            asyncio.run_coroutine_threadsafe(write(step, total, loss, eta_s), loop).result()
+
+    on_progress.history = history
+    return on_progress
+
+
+async def commit_version(db: Database, run: TrainingRun, tmp_dir: Path, final_dir: Path, base_dir: Path,
+                         metrics: dict, n_examples: int) -> None:
+    """Move the adapter to its final folder, then record the `ready` version (it exists only once complete)."""
+    (tmp_dir / "guildtune_version.json").write_text(json.dumps(
+        {"run_id": run.id, "guild_id": run.guild_id, "base_model": str(base_dir), "metrics": metrics}))
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
+    await db.versions.create(run.guild_id, run_id=run.id, adapter_path=str(final_dir), base_model=str(base_dir),
+                             metrics=metrics, n_examples=n_examples)
 
 
 def main(argv: list[str] | None = None) -> int:

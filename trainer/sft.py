@@ -1,14 +1,14 @@
-"""LoRA SFT of one run (TRL `SFTTrainer` + PEFT), and the eval loss the gate compares.
+"""LoRA SFT of one run (TRL `SFTTrainer` + PEFT), and the loss yardstick evaluations share.
 
-`run_sft` trains a fresh adapter on the training split with loss on assistant tokens only (the
-chat template's `{% generation %}` span: each answer and its end-of-turn token), reports progress
-and honours cancellation through a `TrainerCallback`, writes the PEFT adapter and the tokenizer into
-`output_dir` (nothing outside it), and measures the eval loss of the result.
+`run_sft` trains a fresh adapter on the run's rows with loss on assistant tokens only (the chat
+template's `{% generation %}` span: each answer and its end-of-turn token), reports progress and
+honours cancellation through a `TrainerCallback`, writes the PEFT adapter and the tokenizer into
+`output_dir` (nothing outside it), and hands the trained model, still in memory, to the caller's
+`evaluate` (the gate's recall and drift checks, trainer/job.py).
 
-`eval_loss` measures any version (base alone, or base + adapter) on the same split with the same
-function, so the gate's candidate-vs-active comparison uses one yardstick: the mean negative
-log-likelihood per assistant token, computed only at labelled positions (the logits of a 262k-word
-vocabulary are never materialised for the whole sequence).
+`mean_token_nll` is the one loss yardstick (drift, `eval_loss`): the mean negative log-likelihood
+per assistant token, computed only at labelled positions (the logits of a 262k-word vocabulary are
+never materialised for the whole sequence).
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import logging
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from trainer.config import Plan, TrainConfig
 
@@ -30,27 +31,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("trainer.sft")
 
 ProgressFn = Callable[[int, int, "float | None", "float | None"], None]
+#: Judges a trained adapter in memory: (PEFT model, tokenizer) -> anything the caller keeps.
+EvaluateFn = Callable[[Any, Any], Any]
 #: Upper bound on the logits one eval forward pass may hold (bytes); batches are sized to fit.
 EVAL_LOGITS_BUDGET = 512 * 2**20
 
 
 @dataclass
 class SFTResult:
-    """What a run produced. Losses are mean NLL per assistant token; `eval_loss` uses `eval_loss()`'s yardstick."""
+    """What a run produced. `train_loss` is the mean NLL per assistant token over the run."""
 
     train_loss: float | None
-    eval_loss: float | None
     loss_history: list[tuple[int, float]]
     steps: int
     total_steps: int
     n_train: int
-    n_eval: int
     cancelled: bool = False
-    eval_tokens: int = 0
     duration_s: float = 0.0
     plan: dict = field(default_factory=dict)
     #: seconds of each phase: prepare (load + tokenize), train_loop, save, candidate_eval
     phases: dict = field(default_factory=dict)
+    #: what `run_sft(evaluate=...)` returned for the trained adapter
+    evaluation: Any = None
 
 
 # --- tokenizer and labels -------------------------------------------------------------------------
@@ -289,26 +291,26 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
                        speed=speed.to_dict())
 
 
-def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset", cfg: TrainConfig,
-            output_dir: str | Path, *, on_progress: ProgressFn | None = None,
-            should_cancel: Callable[[], bool] | None = None) -> SFTResult:
+def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, output_dir: str | Path, *,
+            on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None,
+            evaluate: EvaluateFn | None = None) -> SFTResult:
     """Train a fresh LoRA adapter on `train_ds` (column `messages`) and write it into `output_dir`.
 
     `output_dir` must exist and is the only place written (the caller renames it when complete).
     When `should_cancel()` turns true the run stops after the current step, writes no adapter and
-    returns `cancelled=True`.
+    returns `cancelled=True`. `evaluate(model, tokenizer)` then judges the trained adapter while it
+    is in memory (a PEFT model: `disable_adapter()` gives the base); what it returns is
+    `SFTResult.evaluation`.
     """
-    import torch
-
     started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    n_train, n_eval = len(train_ds), len(eval_ds)
+    n_train = len(train_ds)
     if n_train == 0:
         raise ValueError("the training split is empty")
     total_steps = cfg.total_steps(n_train)
     if should_cancel is not None and should_cancel():
-        return SFTResult(None, None, [], 0, total_steps, n_train, n_eval, cancelled=True)
+        return SFTResult(None, [], 0, total_steps, n_train, cancelled=True)
 
     history: list[tuple[int, float]] = []
     state: dict = {"cancelled": False, "t0": time.perf_counter()}
@@ -317,7 +319,7 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
     mark = time.perf_counter()
     prepared = prepare_trainer(base_model_dir, train_ds, cfg, scratch, callbacks=[
         _progress_callback(total_steps, on_progress, should_cancel, history, state)])
-    trainer, tokenizer, plan, model = prepared.trainer, prepared.tokenizer, prepared.plan, prepared.trainer.model
+    trainer, tokenizer, plan = prepared.trainer, prepared.tokenizer, prepared.plan
     phases["prepare_s"] = time.perf_counter() - mark  # load model + tokenizer, tokenize/pack the data
     mark = time.perf_counter()
     output = trainer.train()
@@ -330,46 +332,47 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", eval_ds: "Dataset",
             phases["median_step_s"] = gaps[len(gaps) // 2]
     steps = trainer.state.global_step
     train_loss = float(output.training_loss) if steps else None
-    result = SFTResult(train_loss=train_loss, eval_loss=None, loss_history=history, steps=steps,
-                       total_steps=total_steps, n_train=n_train, n_eval=n_eval, cancelled=state["cancelled"],
-                       plan={**asdict(plan), "speed": prepared.speed})
+    result = SFTResult(train_loss=train_loss, loss_history=history, steps=steps, total_steps=total_steps,
+                       n_train=n_train, cancelled=state["cancelled"], plan={**asdict(plan), "speed": prepared.speed})
     if state["cancelled"]:
         shutil.rmtree(scratch, ignore_errors=True)
         result.duration_s = time.perf_counter() - started
         return result
 
     mark = time.perf_counter()
-    peft_model = trainer.model
-    peft_model.save_pretrained(str(output_dir))
+    trainer.model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     (output_dir / "training_config.json").write_text(json.dumps(
         {"config": cfg.to_dict(), "plan": asdict(plan), "total_steps": total_steps, "steps": steps}, indent=2))
     if scratch.exists() and not any(scratch.iterdir()):
         scratch.rmdir()
     phases["save_s"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-
-    if n_eval:
-        # The gate compares this number with eval_loss() of the active version: measure the same way. The
-        # in-memory model qualifies unless it trained on a 4-bit base, with another attention kernel, or
-        # with compiled blocks (new shapes would recompile). The packed-row kernel hands the padded eval
-        # batches to SDPA, so it evaluates as SDPA does.
-        from trainer.packing import ATTN_IMPLEMENTATION
-
-        trained_attn = "sdpa" if plan.attn_implementation == ATTN_IMPLEMENTATION else plan.attn_implementation
-        same_as_eval = (not plan.qlora and not prepared.speed.get("compile")
-                        and trained_attn == _eval_plan(cfg, _model_type(base_model_dir)).attn_implementation)
-        if not same_as_eval:
-            del trainer, peft_model, model, prepared
-            torch.cuda.empty_cache()
-            result.eval_loss, result.eval_tokens = _eval_loss_and_tokens(base_model_dir, output_dir, eval_ds, cfg)
+    if evaluate is not None:
+        mark = time.perf_counter()
+        if _evaluates_as_trained(prepared, cfg, base_model_dir):
+            result.evaluation = evaluate(trainer.model, tokenizer)
         else:
-            result.eval_loss, result.eval_tokens = mean_token_nll(peft_model, tokenizer, eval_ds, cfg.max_length,
-                                                                  cfg.eval_batch_size)
-    phases["candidate_eval_s"] = time.perf_counter() - mark
+            del trainer, prepared
+            with evaluation_model(base_model_dir, output_dir, cfg) as (model, eval_tokenizer):
+                result.evaluation = evaluate(model, eval_tokenizer)
+        phases["candidate_eval_s"] = time.perf_counter() - mark
     result.phases = phases
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _evaluates_as_trained(prepared: PreparedRun, cfg: TrainConfig, base_model_dir: str | Path) -> bool:
+    """Whether the in-memory model measures as a freshly loaded one would (the gate's one yardstick).
+
+    Not after training on a 4-bit base, with compiled blocks (new shapes would recompile), or with
+    another attention kernel. The packed-row kernel hands padded batches to SDPA, so it evaluates as SDPA.
+    """
+    from trainer.packing import ATTN_IMPLEMENTATION
+
+    plan = prepared.plan
+    trained_attn = "sdpa" if plan.attn_implementation == ATTN_IMPLEMENTATION else plan.attn_implementation
+    return (not plan.qlora and not prepared.speed.get("compile")
+            and trained_attn == _eval_plan(cfg, _model_type(base_model_dir)).attn_implementation)
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -431,12 +434,13 @@ def _eval_plan(cfg: TrainConfig, model_type: str) -> Plan:
     return cfg.with_overrides(qlora="off", gradient_checkpointing="off").plan(model_type)
 
 
-def _eval_loss_and_tokens(base_model_dir, adapter_dir, eval_ds, cfg: TrainConfig) -> tuple[float | None, int]:
+@contextmanager
+def evaluation_model(base_model_dir: str | Path, adapter_dir: str | Path | None, cfg: TrainConfig):
+    """(model, tokenizer) as every version is evaluated: the base per `_eval_plan`, plus the adapter if given."""
     import torch
 
     model_type = _model_type(base_model_dir)
-    plan = _eval_plan(cfg, model_type)
-    model = load_model(base_model_dir, plan)
+    model = load_model(base_model_dir, _eval_plan(cfg, model_type))
     tokenizer = load_tokenizer(base_model_dir, model_type)
     if adapter_dir is not None:
         from peft import PeftModel
@@ -446,7 +450,7 @@ def _eval_loss_and_tokens(base_model_dir, adapter_dir, eval_ds, cfg: TrainConfig
             raise FileNotFoundError(f"{adapter_dir} holds no PEFT adapter (adapter_config.json is missing)")
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     try:
-        return mean_token_nll(model, tokenizer, eval_ds, cfg.max_length, cfg.eval_batch_size)
+        yield model, tokenizer
     finally:
         del model
         if torch.cuda.is_available():
@@ -461,4 +465,5 @@ def eval_loss(base_model_dir: str | Path, adapter_dir: str | Path | None, eval_d
     """
     if len(eval_ds) == 0:
         return None
-    return _eval_loss_and_tokens(base_model_dir, adapter_dir, eval_ds, cfg)[0]
+    with evaluation_model(base_model_dir, adapter_dir, cfg) as (model, tokenizer):
+        return mean_token_nll(model, tokenizer, eval_ds, cfg.max_length, cfg.eval_batch_size)[0]

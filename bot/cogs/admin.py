@@ -16,7 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import ensure_moderator, is_moderator
-from bot.formatting import discord_timestamp
+from bot.formatting import discord_timestamp, learning_scores
 from bot.progress import ProgressReporter, running_text
 from storage.formats import EXPORT_FORMATS, EXPORT_SUFFIXES, export_conversations
 from storage.guild_settings import FIELDS, SettingError, parse_setting
@@ -53,17 +53,12 @@ def when(ts: float | None) -> str:
 
 def version_metrics(version: ModelVersion) -> str:
     m = version.metrics
-    parts = []
-    if m.get("eval_loss") is not None:
-        text = f"eval loss {m['eval_loss']:.4f}"
-        if m.get("baseline_eval_loss") is not None:
-            text += f" (before: {m['baseline_eval_loss']:.4f})"
-        parts.append(text)
+    parts = [learning_scores(m) or ""]
     if m.get("train_loss") is not None:
         parts.append(f"train loss {m['train_loss']:.4f}")
     if m.get("n_train") is not None:
-        parts.append(f"{m['n_train']} train / {m.get('n_eval', 0)} eval")
-    return " · ".join(parts) or "no metrics recorded"
+        parts.append(f"{m['n_train']} examples")
+    return " · ".join(p for p in parts if p) or "no metrics recorded"
 
 
 def run_outcome(run: TrainingRun) -> str:
