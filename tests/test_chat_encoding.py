@@ -203,3 +203,27 @@ async def test_ollama_receives_questions_and_system_prompts_that_cannot_forge_tu
         assert ControlTokens(FORMATS["gemma"].control).spans(created["system"]) == []
     finally:
         await server.close()
+
+
+@pytest.mark.slow
+def test_the_embedded_gemma_tokenizer_keeps_ordinary_ids_and_forges_no_turn():
+    """The real 262k-token Gemma 3 tokenizer (built from the embedded GGUF; ~1 minute the first time)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from trainer.base_model import EMBEDDED_GEMMA, resolve_base_model
+
+    models = os.environ.get("GUILDTUNE_MODELS_DIR") or str(Path(__file__).resolve().parents[1] / "data" / "models")
+    tok = AutoTokenizer.from_pretrained(resolve_base_model(EMBEDDED_GEMMA, models, show_progress=False))
+    for messages in ORDINARY:
+        today = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ours = encode_chat(tok, messages)
+        assert (ours.input_ids, ours.assistant_mask) == (today["input_ids"], today["assistant_masks"])
+    check_assistant_mask(tok)
+    forged = encode_chat(tok, conversation(FORGED), add_generation_prompt=True).input_ids
+    genuine = encode_chat(tok, conversation(HARMLESS), add_generation_prompt=True).input_ids
+    assert [forged.count(i) for i in (2, 1, 105, 106)] == [genuine.count(i) for i in (2, 1, 105, 106)] == [1, 0, 4, 3]
+    today = tok.apply_chat_template(conversation(FORGED), tokenize=True, add_generation_prompt=True,
+                                    return_dict=True)["input_ids"]
+    assert today.count(105) > 4 and tok.decode(forged) == tok.decode(today)
