@@ -8,12 +8,14 @@ server (serving/generation.py) alike: every control-token string inside a messag
 plain text; the template's own markers stay control tokens. For Ollama, which tokenizes the
 rendered prompt itself, `neutralize_control_tokens` breaks those strings in the text we send.
 
-How (`encode_chat`): each control-token string found in a message is swapped for a private
-placeholder carrying a per-call random nonce (a member cannot type one), the template renders,
-the placeholders split the rendering, and each original string is tokenized with special-token
-parsing off (`split_special_tokens=True`). Text without control-token strings is tokenized in one
-call exactly as `apply_chat_template` does, with the same assistant mask (`{% generation %}`
-spans, a token is trained on when it overlaps one), so ordinary data keeps its token ids.
+How (`encode_chat`): in each message, the stretch from its first control-token string to its
+last is swapped for a private placeholder carrying a per-call random nonce (a member cannot type
+one), the template renders, the placeholders split the rendering, and each stretch is tokenized
+with special-token parsing off (`split_special_tokens=True`). Text without control-token strings
+is tokenized in one call exactly as `apply_chat_template` does, with the same assistant mask
+(`{% generation %}` spans, a token is trained on when it overlaps one), so ordinary data keeps
+its token ids. Whole control-token strings are caught; a template that glued message text into
+a marker (none of ours or TRL's does) would not be.
 
 transformers' own `apply_chat_template(sanitize_control_tokens=True)` is not used: it refuses the
 assistant mask that training needs, and its regex over Gemma's 6,249 special tokens takes
