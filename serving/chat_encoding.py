@@ -27,7 +27,6 @@ Light: imports `tokenizers` only (no torch, no transformers at module level), so
 """
 from __future__ import annotations
 
-import re
 import secrets
 import weakref
 from dataclasses import dataclass
@@ -118,12 +117,19 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], *, add_generatio
 
     # [template text, placeholder, template text, ..., template text]: template text is tokenized as the
     # template wrote it (its markers are control tokens), each placeholder's original as plain text.
-    placeholder = re.compile(re.escape(_OPEN + nonce) + r"(\d+)" + re.escape(_CLOSE))
-    bounds, found, cursor = [], [], 0
-    for match in placeholder.finditer(text):  # a literal prefix: linear in the text
-        bounds.append((cursor, match.start()))
-        found.append(match)
-        cursor = match.end()
+    bounds, found, cursor = [], [], 0  # found: (placeholder span, index into originals)
+    opening = _OPEN + nonce
+    start = text.find(opening) if originals else -1
+    while start >= 0:
+        end = text.find(_CLOSE, start)
+        index = text[start + len(opening):end] if end >= 0 else ""
+        if not (index.isascii() and index.isdigit()) or int(index) >= len(originals):
+            raise ValueError("the chat template cut or rewrote message text that holds control-token strings, "
+                             "so it cannot be encoded as text; use a template that inserts message content as is")
+        bounds.append((cursor, start))
+        found.append(((start, end + 1), int(index)))
+        cursor = end + 1
+        start = text.find(opening, cursor)
     bounds.append((cursor, len(text)))
     encoded = tokenizer([text[a:b] for a, b in bounds], add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = []
@@ -132,9 +138,10 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], *, add_generatio
         ids += encoded["input_ids"][k]
         offsets += [(a + start, b + start) for a, b in encoded["offset_mapping"][k]]
         if k < len(found):
-            piece = _encode_as_text(tokenizer, originals[int(found[k].group(1))], control)
+            span, index = found[k]
+            piece = _encode_as_text(tokenizer, originals[index], control)
             ids += piece
-            offsets += [found[k].span()] * len(piece)
+            offsets += [span] * len(piece)
     return EncodedChat(ids, _overlap_mask(offsets, spans), neutralized)
 
 

@@ -227,3 +227,11 @@ def test_the_embedded_gemma_tokenizer_keeps_ordinary_ids_and_forges_no_turn():
     today = tok.apply_chat_template(conversation(FORGED), tokenize=True, add_generation_prompt=True,
                                     return_dict=True)["input_ids"]
     assert today.count(105) > 4 and tok.decode(forged) == tok.decode(today)
+
+
+def test_a_template_that_cuts_marked_text_is_refused_clearly(tokenizers):
+    tok = tokenizers["gemma3"]
+    cutting = "{% for m in messages %}<start_of_turn>{{ m['content'][:18] }}<end_of_turn>{% endfor %}"
+    assert encode_chat(tok, [{"role": "user", "content": "hello"}], chat_template=cutting).neutralized == 0
+    with pytest.raises(ValueError, match="cut or rewrote message text"):
+        encode_chat(tok, [{"role": "user", "content": "<bos> and more"}], chat_template=cutting)
