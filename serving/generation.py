@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from serving.chat_encoding import encode_chat
 from serving.protocol import GenerationOptions, ModelServerError
 from trainer.quiet import quiet_libraries
 
@@ -156,10 +157,10 @@ def _module_size(module: Any, side: str) -> int | None:
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], device: str) -> dict[str, Any]:
-    """Chat messages → input tensors through the tokenizer's own chat template."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
+    """Chat messages → input tensors through the tokenizer's own chat template, encoded as training
+    encodes them (serving/chat_encoding.py: a question cannot forge a turn)."""
+    ids = torch.tensor([encode_chat(tokenizer, messages, add_generation_prompt=True).input_ids], device=device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:

@@ -6,6 +6,8 @@ PEFT adapter files are uploaded as blobs and the tag is created FROM THE CLEAN B
 (Gemma 3, Qwen2) the adapter is merged into the base and the full safetensors are imported as
 `files`. The chat template, its stop tokens and the system prompt are always passed explicitly.
 The active version is a pointer in our database, not an Ollama tag; this class never flips it.
+Ollama parses control tokens anywhere in the prompt, so every text we send (messages, the SYSTEM
+prompt) has its control-token strings broken by an invisible word joiner (serving/ollama_templates.py).
 Every failure leaves as a `ModelServerError` (or `ModelServerUnavailable`) whose message says
 what went wrong and what to do.
 """
@@ -26,8 +28,9 @@ import httpx
 import ollama
 import pydantic
 
+from serving.chat_encoding import neutralize_control_tokens
 from serving.merge import ADAPTER_CONFIG, merge_adapter, read_base_config
-from serving.ollama_templates import ChatFormat, chat_format_for
+from serving.ollama_templates import ChatFormat, chat_format_for, ollama_control_tokens
 from serving.protocol import GenerationOptions, ModelServerError, ModelServerUnavailable, ServerHealth
 from storage.records import GuildSettings, ModelVersion
 
@@ -102,8 +105,11 @@ class OllamaServer:
         stream = None
         try:
             async with asyncio.timeout_at(deadline):
+                control = await asyncio.to_thread(ollama_control_tokens, self._base_folder(version))
+                sent = [{k: neutralize_control_tokens(v, control) if k != "role" and isinstance(v, str) else v
+                         for k, v in m.items()} for m in messages]
                 stream = await self._client.chat(
-                    model=tag, messages=messages, options=_ollama_options(options),
+                    model=tag, messages=sent, options=_ollama_options(options),
                     stream=True, keep_alive=self.keep_alive,
                 )
             while True:
@@ -148,9 +154,7 @@ class OllamaServer:
                 f"{adapter_dir} has no {ADAPTER_CONFIG} (the trainer's adapter folder is missing "
                 f"or incomplete; retrain to produce it again)."
             )
-        # The version's own base when it is a folder, else the configured folder, else a cached id.
-        own = version.base_model if version.base_model and Path(version.base_model).is_dir() else None
-        base_model = own or self.base_model_dir or version.base_model
+        base_model = self._base_folder(version) or version.base_model
         if not base_model:
             raise ModelServerError("no base model folder is configured: set base_model_dir for OllamaServer.")
         try:
@@ -160,6 +164,8 @@ class OllamaServer:
         except (OSError, ValueError) as e:
             raise ModelServerError(f"cannot publish {tag}: {e}") from e
         system = self.system_prompt if system is None else system
+        control = await asyncio.to_thread(ollama_control_tokens, self._base_folder(version))
+        system = neutralize_control_tokens(system, control)
         reason = _why_not_adapter(str(base_config.get("model_type", "")), adapter_config)
         try:
             async with asyncio.timeout(self.publish_timeout_s):
@@ -179,6 +185,12 @@ class OllamaServer:
             if isinstance(e, ModelServerError) or not isinstance(e, Exception):
                 raise
             raise self._translate(e, f"publishing {tag}", tag=tag, timeout_s=self.publish_timeout_s) from e
+
+    def _base_folder(self, version: ModelVersion | None) -> str | None:
+        """The version's own base when it is a folder, else the configured folder (None when neither)."""
+        if version is not None and version.base_model and Path(version.base_model).is_dir():
+            return version.base_model
+        return self.base_model_dir
 
     async def _create_with_adapter(self, tag: str, adapter_dir: Path, fmt: ChatFormat, system: str) -> None:
         await self._require_base()

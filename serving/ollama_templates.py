@@ -1,16 +1,24 @@
-"""Ollama chat templates (Go text/template) and stop tokens, one per model family.
+"""Ollama chat templates (Go text/template), stop tokens and control tokens, one per model family.
 
 Ollama only detects a template when it matches one it knows, and a fine-tune answers in garbage
 when the TEMPLATE or the stop tokens differ from the format it was trained on. So every `create`
 passes the template and stops explicitly, chosen from the same chat template the trainer used.
 Each Go template below renders what the family's Hugging Face chat template renders for a
 conversation ending with a user turn (plus the generation prompt); BOS is added by Ollama.
+
+Ollama tokenizes the rendered prompt with special-token parsing on everywhere (ollama/ollama#15931,
+open; no API field turns it off, and its API takes text, never token ids), so control-token text
+in a message would become a control token. `ollama_control_tokens` lists the strings to break in
+what we send (serving/chat_encoding.py's `neutralize_control_tokens`).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+from serving.chat_encoding import ControlTokens
 
 
 @dataclass(frozen=True)
@@ -18,6 +26,8 @@ class ChatFormat:
     family: str
     template: str
     stop: tuple[str, ...]
+    #: The family's control tokens a member could type: the template's markers, BOS/EOS and padding.
+    control: tuple[str, ...] = ()
 
 
 # Gemma has no system role: the system text opens the first user turn, as in HF's template.
@@ -59,11 +69,15 @@ CHATML_TEMPLATE = """\
 {{- end }}"""
 
 FORMATS: dict[str, ChatFormat] = {
-    "gemma": ChatFormat("gemma", GEMMA_TEMPLATE, ("<end_of_turn>",)),
+    "gemma": ChatFormat("gemma", GEMMA_TEMPLATE, ("<end_of_turn>",), (
+        "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>", "<unk>", "<mask>")),
     "llama3": ChatFormat(
-        "llama3", LLAMA3_TEMPLATE, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+        "llama3", LLAMA3_TEMPLATE, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), (
+            "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|begin_of_text|>",
+            "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|python_tag|>")
     ),
-    "chatml": ChatFormat("chatml", CHATML_TEMPLATE, ("<|im_start|>", "<|im_end|>")),
+    "chatml": ChatFormat("chatml", CHATML_TEMPLATE, ("<|im_start|>", "<|im_end|>"), (
+        "<|im_start|>", "<|im_end|>", "<|endoftext|>")),
 }
 
 # A marker that only this family's chat template contains.
@@ -126,3 +140,35 @@ def chat_format_for(*folders: str | Path) -> ChatFormat:
         f"(Gemma, Llama 3 or ChatML) and no known model_type in config.json. Give the base model a "
         f"chat template in its tokenizer_config.json or add its family to serving/ollama_templates.py."
     )
+
+
+def ollama_control_tokens(folder: str | Path | None) -> ControlTokens:
+    """The strings to break in text sent to Ollama: every known family's control tokens, plus the special
+    tokens of the model's Hugging Face tokenizer in `folder` (the same vocabulary as the served GGUF).
+
+    Cached per folder: Gemma's tokenizer.json is 33 MB, read once per process.
+    """
+    return _control_tokens_of(str(Path(folder).resolve()) if folder else None)
+
+
+@lru_cache(maxsize=8)
+def _control_tokens_of(folder: str | None) -> ControlTokens:
+    strings = {s for fmt in FORMATS.values() for s in fmt.control}
+    if folder is not None:
+        strings |= _special_tokens(Path(folder))
+    return ControlTokens(strings)
+
+
+def _special_tokens(folder: Path) -> set[str]:
+    """Special added tokens from tokenizer.json, else tokenizer_config.json's added_tokens_decoder."""
+    try:
+        data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        added = data.get("added_tokens") or []
+    except (OSError, ValueError, AttributeError):
+        try:
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            added = list((config.get("added_tokens_decoder") or {}).values())
+        except (OSError, ValueError, AttributeError):
+            return set()
+    return {t["content"] for t in added
+            if isinstance(t, dict) and t.get("special") and isinstance(t.get("content"), str)}

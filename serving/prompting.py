@@ -1,5 +1,8 @@
 """What a guild's question becomes before it reaches a model: the guild's system prompt first,
-and the guild's generation options. Shared by /ask and `guildtune ask`."""
+and the guild's generation options. Shared by /ask and `guildtune ask`.
+
+Text goes on exactly as typed: each server encodes it so that it never becomes a control token
+(serving/chat_encoding.py), so nothing here escapes or cuts what a member wrote."""
 from __future__ import annotations
 
 from serving.protocol import GenerationOptions

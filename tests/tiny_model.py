@@ -29,6 +29,13 @@ ping pong again yes no maybe 0 1 2 3 4 5 6 7 8 9 a b c d e f g h i j k l m n o p
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 LLAMA_SPECIALS = ["<|finetune_right_pad_id|>", "<|end_of_text|>", "<|begin_of_text|>", "<unk>",
                   "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+CHATML_SPECIALS = ["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_tokenizer(arch: str, vocab_size: int = 512):
+    """Only the tokenizer of a tiny model: "gemma3", "llama" or "chatml" (Qwen's special tokens and
+    our ChatML template; no tiny model has that architecture)."""
+    return _tokenizer(arch, vocab_size)
 
 
 def _tokenizer(arch: str, vocab_size: int):
@@ -37,7 +44,7 @@ def _tokenizer(arch: str, vocab_size: int):
 
     from trainer.chat_template import family_template
 
-    specials = GEMMA_SPECIALS if arch == "gemma3" else LLAMA_SPECIALS
+    specials = {"gemma3": GEMMA_SPECIALS, "llama": LLAMA_SPECIALS, "chatml": CHATML_SPECIALS}[arch]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -48,12 +55,18 @@ def _tokenizer(arch: str, vocab_size: int):
         names = dict(pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>")
         template = family_template("gemma")
         extra = ["<start_of_turn>", "<end_of_turn>"]
-    else:
+    elif arch == "llama":
         names = dict(pad_token="<|finetune_right_pad_id|>", eos_token="<|end_of_text|>",
                      bos_token="<|begin_of_text|>", unk_token="<unk>")
         template = family_template("llama3")
         extra = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    else:
+        names = dict(pad_token="<|endoftext|>", eos_token="<|im_end|>", unk_token="<unk>")
+        template = family_template("chatml")
+        extra = ["<|im_start|>", "<|im_end|>"]
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=extra, **names)
+    if arch == "chatml":
+        fast.add_tokens(["<think>", "</think>"])  # as Qwen3 has them: added tokens, not special ones
     fast.chat_template = template
     return fast
 

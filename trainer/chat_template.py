@@ -117,9 +117,10 @@ def check_assistant_mask(tokenizer, template: str | None = None) -> None:
     """
     sample = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"},
               {"role": "user", "content": "again"}, {"role": "assistant", "content": "pong again"}]
-    out = tokenizer.apply_chat_template(sample, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-                                        chat_template=template)
-    ids, mask = out["input_ids"], out["assistant_masks"]
+    from serving.chat_encoding import encode_chat
+
+    out = encode_chat(tokenizer, sample, chat_template=template)  # the encoding training uses
+    ids, mask = out.input_ids, out.assistant_mask
     if not any(mask):
         raise ChatTemplateError("the chat template marks no assistant tokens: training would learn nothing")
     eot = end_of_turn_token(tokenizer)

@@ -107,11 +107,14 @@ def tokenize_conversations(ds: "Dataset", tokenizer, max_length: int) -> "Datase
 def encode_conversation(tokenizer, messages: list[dict], max_length: int | None = None) -> dict[str, list[int]]:
     """Token ids and labels of one conversation: assistant tokens labelled, everything else -100.
 
-    The same rule TRL applies with `assistant_only_loss=True` (a test holds them equal).
+    The same rule TRL applies with `assistant_only_loss=True` (a test holds them equal), through the
+    encoding `/ask` uses too (serving/chat_encoding.py): text a member typed never becomes a control
+    token, so no example can forge a turn.
     """
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    from serving.chat_encoding import encode_chat
+
+    out = encode_chat(tokenizer, messages)
+    ids, mask = out.input_ids, out.assistant_mask
     labels = [tok if m else -100 for tok, m in zip(ids, mask)]
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
