@@ -36,7 +36,7 @@ GGUF_ARCHITECTURES: dict[str, gguf.MODEL_ARCH] = {
     "gemma3_text": gguf.MODEL_ARCH.GEMMA3,
     "qwen2": gguf.MODEL_ARCH.QWEN2,
 }
-#: PEFT module names llama.cpp maps differently or not at all for an adapter.
+#: PEFT modules adapter files do not map (llama.cpp and Ollama's converter alike): merged instead.
 UNSUPPORTED_TARGETS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
 # Prefixes PEFT and multimodal wrappers put before the text model's own tensor names.
 _PREFIXES = (("base_model.model.", ""), ("model.language_model.", "model."), ("language_model.model.", "model."))
@@ -56,16 +56,22 @@ def why_not_gguf(base_config: dict[str, Any], adapter_config: dict[str, Any]) ->
     model_type = str(base_config.get("model_type", ""))
     if gguf_architecture(base_config) is None:
         return f"no GGUF adapter layout is known here for {model_type!r} bases (only {sorted(GGUF_ARCHITECTURES)})"
+    return adapter_problem(adapter_config)
+
+
+def adapter_problem(adapter_config: dict[str, Any]) -> str | None:
+    """None for a plain LoRA on linear layers, the only kind an adapter file can carry (a GGUF LoRA
+    here, Ollama's safetensors import too); else what makes it need merging."""
     if adapter_config.get("peft_type", "LORA") != "LORA":
-        return f"llama.cpp loads only LoRA adapters, not {adapter_config.get('peft_type')}"
+        return f"only LoRA adapters load as adapter files, not {adapter_config.get('peft_type')}"
     if adapter_config.get("use_dora"):
-        return "the adapter is DoRA (magnitude vectors), which llama.cpp's LoRA loader cannot apply"
+        return "the adapter is DoRA (magnitude vectors), which a LoRA adapter file cannot carry"
     if adapter_config.get("modules_to_save"):
-        return "the adapter saves whole modules (modules_to_save), which a LoRA file cannot carry"
+        return "the adapter saves whole modules (modules_to_save), which a LoRA adapter file cannot carry"
     targets = adapter_config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
     if any(module in str(t) for t in targets for module in UNSUPPORTED_TARGETS):
-        return "the adapter targets embeddings or the output head, which are merged instead"
+        return "the adapter targets embeddings or the output head, which adapter files do not map"
     return None
 
 

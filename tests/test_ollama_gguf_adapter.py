@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from serving.gguf_adapter import GgufAdapterUnsupported, why_not_gguf, write_gguf_adapter
 from serving.merge import read_base_config
+from tiny_model import make_tiny_qwen2_dir
 
 # llama.cpp's GGUF names of the HF linear layers (gguf-py tensor_mapping.py), written out by hand.
 LLAMA_CPP_NAMES = {
@@ -20,18 +21,6 @@ LLAMA_CPP_NAMES = {
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-
-
-def make_tiny_qwen2_dir(path):
-    """A tiny Qwen2ForCausalLM folder (config + weights; the writer needs no tokenizer)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True)
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    return path
 
 
 def make_adapter(base_dir, out, *, r=4, alpha=8, rslora=False, targets="all-linear"):
@@ -120,7 +109,7 @@ def test_what_llama_cpp_cannot_load_is_refused_with_the_reason(tiny_model_dir, t
     assert why_not_gguf(gemma, {"peft_type": "LORA", "target_modules": ["q_proj"]}) is None
     assert "DoRA" in why_not_gguf(gemma, {"peft_type": "LORA", "use_dora": True})
     assert "modules_to_save" in why_not_gguf(gemma, {"peft_type": "LORA", "modules_to_save": ["lm_head"]})
-    assert "embeddings" in why_not_gguf(gemma, {"peft_type": "LORA", "target_modules": ["q_proj", "embed_tokens"]})
+    assert "embeddings or the output head" in why_not_gguf(gemma, {"peft_type": "LORA", "target_modules": ["q_proj", "embed_tokens"]})
     assert "'llama'" in why_not_gguf(read_base_config(tiny_llama_dir), {"peft_type": "LORA"})
     adapter = make_adapter(tiny_model_dir, tmp_path / "a", targets=["q_proj", "embed_tokens"])
     with pytest.raises(GgufAdapterUnsupported, match="embeddings"):
