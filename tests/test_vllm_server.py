@@ -243,3 +243,25 @@ async def test_ask_in_discord_is_answered_by_the_guilds_vllm_adapter(tmp_path, t
     finally:
         await server.close()
         await standin.stop()
+
+
+async def test_settings_pick_vllm_with_its_key_and_folder_and_keep_the_key_out_of_child_processes(tmp_path, tiny_adapter):
+    from guildtune.runtime import make_server
+    from guildtune.settings import load_settings
+
+    standin = VllmStandIn(BASE, api_key="sk-vllm-secret")
+    await standin.start()
+    settings = load_settings(_env_file=None, GUILDTUNE_SERVER="vllm", VLLM_BASE_URL=standin.url.removeprefix("http://"),
+                             VLLM_API_KEY="sk-vllm-secret", GUILDTUNE_VLLM_ADAPTER_DIR=str(tmp_path / "shared"),
+                             GUILDTUNE_TAG_PREFIX="gt", GUILDTUNE_DATA_DIR=str(tmp_path / "data"))
+    server = await make_server(settings)
+    try:
+        assert isinstance(server, VllmServer) and (await server.health()).ok
+        assert await server.publish(version(tiny_adapter[1])) == f"gt-{GUILD}-v1"
+        assert (tmp_path / "shared" / f"gt-{GUILD}-v1" / "adapter_config.json").is_file()
+    finally:
+        await server.close()
+        await standin.stop()
+    env = settings.child_env()
+    assert env["GUILDTUNE_SERVER"] == "vllm" and "VLLM_API_KEY" not in env and "DISCORD_TOKEN" not in env
+    assert "sk-vllm-secret" not in repr(settings)
