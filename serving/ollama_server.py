@@ -190,7 +190,8 @@ class OllamaServer:
                         raise
                     reason = f"this Ollama refused the adapter ({e.error})"
                 except _LoraNotApplied as e:
-                    self.lora_refused.add(architecture)
+                    if e.remember:
+                        self.lora_refused.add(architecture)
                     reason = str(e)
                 log.info("publishing %s as a merged model: %s", tag, reason)
                 await self._create_merged(tag, adapter_dir, base_model, chat_format, system)
@@ -220,7 +221,9 @@ class OllamaServer:
             try:
                 path = await asyncio.to_thread(write_gguf_adapter, adapter_dir, base_config,
                                                Path(tmp) / GGUF_ADAPTER_NAME)
-            except (GgufAdapterUnsupported, OSError, KeyError, ValueError) as e:
+            except GgufAdapterUnsupported as e:  # found in the weights themselves: merge instead
+                raise _LoraNotApplied(f"the adapter cannot be written as a GGUF LoRA: {e}", remember=False) from e
+            except (OSError, KeyError, ValueError) as e:
                 raise ModelServerError(f"cannot write the adapter of {tag} as GGUF: {e} (retrain to "
                                        f"produce the adapter again)") from e
             adapters = {GGUF_ADAPTER_NAME: await self._client.create_blob(path)}
@@ -229,12 +232,18 @@ class OllamaServer:
         try:
             await self._client.chat(model=tag, messages=[], keep_alive=self.keep_alive)
         except ollama.ResponseError as e:
-            if ENGINE_REFUSES_LORA not in str(e.error).lower():
+            text = str(e.error).lower()
+            if "arch mismatch" in text or "wrong base model" in text or "incorrect shape" in text:
+                raise ModelServerError(
+                    f"Ollama could not load {tag}: {e.error}. The adapter was trained on another base model "
+                    f"than '{self.base_tag}': set GUILDTUNE_OLLAMA_BASE to the trainer's base model."
+                ) from e
+            if ENGINE_REFUSES_LORA not in text:
                 raise
             await self._forget(tag)
             raise _LoraNotApplied(
                 f"Ollama at {self.host} accepted the GGUF adapter but its runner does not apply LoRA "
-                f"adapters to {base_config.get('model_type')} models ({e.error})"
+                f"adapters to {base_config.get('model_type')} models ({e.error})", remember=True
             ) from e
 
     def _staging(self, prefix: str) -> tempfile.TemporaryDirectory:
@@ -418,7 +427,12 @@ def _ollama_options(options: GenerationOptions) -> dict[str, Any]:
 
 
 class _LoraNotApplied(Exception):
-    """Ollama created the tag with the LoRA but cannot load it: publish merged instead."""
+    """The LoRA cannot be served as an adapter file here: publish merged instead. `remember`: the
+    refusal is Ollama's for every adapter on this architecture, not this adapter's alone."""
+
+    def __init__(self, reason: str, *, remember: bool) -> None:
+        super().__init__(reason)
+        self.remember = remember
 
 
 def _publish_route(base_config: dict[str, Any], adapter_config: dict[str, Any]) -> tuple[str, str | None]:

@@ -175,7 +175,7 @@ async def test_gemma3_on_ollamas_own_engine_is_merged_after_one_refused_load(sta
 async def test_gguf_adapter_for_another_base_fails_the_publish_and_leaves_no_tag(standin, tiny):
     server = make_server(standin, "qwen2.5:0.5b")  # a Qwen base tag, a Gemma-trained adapter
     try:
-        with pytest.raises(ModelServerError, match="LoRA arch mismatch"):
+        with pytest.raises(ModelServerError, match="LoRA arch mismatch.*set GUILDTUNE_OLLAMA_BASE"):
             await server.publish(version(tiny, "gemma3"))
     finally:
         await server.close()
@@ -314,3 +314,20 @@ async def test_llama_adapter_on_lm_head_is_merged_since_ollama_cannot_map_it(sta
     assert "files" in create and "adapters" not in create
     assert create["template"] == FORMATS["llama3"].template
     assert standin.find(tag).architecture == "llama"
+
+
+async def test_adapter_weights_a_lora_file_cannot_carry_are_merged_without_blaming_ollama(standin, tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    shutil.copytree(tiny["gemma3"][1], tmp_path / "a")
+    weights = load_file(tmp_path / "a/adapter_model.safetensors")
+    weights["base_model.model.model.norm.weight"] = torch.ones(64)  # not a LoRA A/B tensor
+    save_file(weights, tmp_path / "a/adapter_model.safetensors")
+    v = ModelVersion(**{**version(tiny, "gemma3").__dict__, "adapter_path": str(tmp_path / "a")})
+    server = make_server(standin, "gemma3:270m", work_dir=tmp_path / "stage")
+    try:
+        await server.publish(v)
+    finally:
+        await server.close()
+    assert [("adapters" in c, "files" in c) for c in create_requests(standin)] == [(False, True)]
+    assert server.lora_refused == set()  # this adapter's problem, not Ollama's
