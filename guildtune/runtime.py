@@ -42,6 +42,13 @@ def base_model_dir(settings: Settings) -> str:
 
 
 async def make_server(settings: Settings) -> ModelServer:
+    if settings.server == "vllm":
+        from serving.vllm_server import VllmServer
+
+        key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+        return VllmServer(settings.vllm_base_url, api_key=key, adapter_dir=settings.vllm_adapter_dir,
+                          server_adapter_dir=settings.vllm_server_adapter_dir, name_prefix=settings.tag_prefix,
+                          timeout_s=settings.answer_timeout_s)
     if settings.server == "ollama":
         from serving.ollama_server import OllamaServer
 

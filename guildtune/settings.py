@@ -27,10 +27,18 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), alias="GUILDTUNE_DATA_DIR")
     db: Path | None = Field(None, alias="GUILDTUNE_DB")
     models_dir_setting: Path | None = Field(None, alias="GUILDTUNE_MODELS_DIR")
-    server: Literal["local", "ollama"] = Field("local", alias="GUILDTUNE_SERVER")
+    server: Literal["local", "ollama", "vllm"] = Field("local", alias="GUILDTUNE_SERVER")
     ollama_host: str = Field("http://127.0.0.1:11434", alias="OLLAMA_HOST")
     ollama_base_tag: str = Field("gemma3:270m", alias="GUILDTUNE_OLLAMA_BASE")
     ollama_quantize: str | None = Field(None, alias="GUILDTUNE_OLLAMA_QUANTIZE")
+    vllm_base_url: str = Field("http://127.0.0.1:8000", alias="VLLM_BASE_URL",
+                               description="vLLM's OpenAI-compatible server (GUILDTUNE_SERVER=vllm)")
+    vllm_api_key: SecretStr | None = Field(None, alias="VLLM_API_KEY",
+                                           description="the --api-key vLLM was started with, if any")
+    vllm_adapter_dir: Path | None = Field(None, alias="GUILDTUNE_VLLM_ADAPTER_DIR",
+                                          description="folder shared with the vLLM host where adapters are copied")
+    vllm_server_adapter_dir: str | None = Field(None, alias="GUILDTUNE_VLLM_SERVER_ADAPTER_DIR",
+                                                description="that folder's path as the vLLM host sees it")
     base_model: str = Field(EMBEDDED_BASE_MODEL, alias="GUILDTUNE_BASE_MODEL")
     tag_prefix: str = Field("guildtune", alias="GUILDTUNE_TAG_PREFIX", pattern=r"^[a-z0-9][a-z0-9_.-]{0,40}$")
     keep_versions: int = Field(3, alias="GUILDTUNE_KEEP_VERSIONS", ge=1, le=50)
@@ -51,6 +59,11 @@ class Settings(BaseSettings):
     memory_cap_gib: float | None = Field(None, alias="GUILDTUNE_MEMORY_CAP_GIB", gt=0)
     dev_guild_id: int | None = Field(None, alias="GUILDTUNE_DEV_GUILD")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="GUILDTUNE_LOG_LEVEL")
+
+    @field_validator("vllm_base_url")
+    @classmethod
+    def _vllm_url_has_scheme(cls, value: str) -> str:
+        return (value if value.startswith(("http://", "https://")) else "http://" + value).rstrip("/")
 
     @field_validator("ollama_host")
     @classmethod
@@ -73,11 +86,12 @@ class Settings(BaseSettings):
 
     def child_env(self) -> dict[str, str]:
         """These settings as environment variables for a child process (the training job),
-        so it sees exactly what its parent sees. The Discord token is left out: a job needs none."""
+        so it sees exactly what its parent sees. Secrets (the Discord token, the vLLM key) are left
+        out: a job needs none."""
         env = {}
         for name, field in type(self).model_fields.items():
             value = getattr(self, name)
-            if name == "discord_token" or value is None:
+            if isinstance(value, SecretStr) or value is None:
                 continue
             env[field.alias] = json.dumps(value) if isinstance(value, dict) else str(value)
         env["GUILDTUNE_DB"] = str(self.db_path)
@@ -100,7 +114,7 @@ def _describe(error: dict) -> str:
     field = error["loc"][0] if error["loc"] else "?"
     alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
     value = error.get("input")
-    shown = "<hidden>" if alias == "DISCORD_TOKEN" else repr(value)
+    shown = "<hidden>" if alias in ("DISCORD_TOKEN", "VLLM_API_KEY") else repr(value)
     allowed = error["msg"]
     if error["type"] == "literal_error":
         allowed = "allowed: " + error["ctx"]["expected"]

@@ -1,10 +1,17 @@
 """`ModelServer` on Ollama: each trained version becomes its own tag, `<prefix>-<guild>:v<N>`.
 
-Publishing follows what Ollama accepts (../shared/notes/ollama.md): for llama and gemma2 bases the
-PEFT adapter files are uploaded as blobs and the tag is created FROM THE CLEAN BASE TAG with
-`adapters` (never from a previous fine-tune: adapters would stack); for every other architecture
-(Gemma 3, Qwen2) the adapter is merged into the base and the full safetensors are imported as
-`files`. The chat template, its stop tokens and the system prompt are always passed explicitly.
+Publishing follows what Ollama accepts (../shared/notes/ollama.md), lightest first, always creating
+the tag FROM THE CLEAN BASE TAG (never from a previous fine-tune: adapters would stack):
+- llama and gemma2 bases: the PEFT adapter files are uploaded as blobs (`adapters`), converted by Ollama;
+- Gemma 3 and Qwen 2 bases: the LoRA is written as one GGUF adapter file (serving/gguf_adapter.py,
+  llama.cpp's layout) and referenced as the adapter; a few MB per version instead of a whole model.
+  Ollama accepts such a file at create for any architecture, but only its llama.cpp runner applies it:
+  its own engine (Gemma 3 in the releases read) fails the first load with "loras are not yet
+  implemented". So the new tag is loaded once before it counts as published, and where the load is
+  refused the tag is deleted and the version published merged; the refusal is remembered per
+  architecture so later versions go straight to the merged path;
+- everything else, or an adapter a LoRA file cannot carry: merged into the base and imported as `files`.
+The chat template, its stop tokens and the system prompt are always passed explicitly.
 The active version is a pointer in our database, not an Ollama tag; this class never flips it.
 Ollama parses control tokens anywhere in the prompt, so every text we send (messages, the SYSTEM
 prompt) has its control-token strings broken by an invisible word joiner (serving/ollama_templates.py).
@@ -29,6 +36,7 @@ import ollama
 import pydantic
 
 from serving.chat_encoding import neutralize_control_tokens
+from serving.gguf_adapter import GgufAdapterUnsupported, adapter_problem, why_not_gguf, write_gguf_adapter
 from serving.merge import ADAPTER_CONFIG, merge_adapter, read_base_config
 from serving.ollama_templates import ChatFormat, chat_format_for, ollama_control_tokens
 from serving.protocol import GenerationOptions, ModelServerError, ModelServerUnavailable, ServerHealth
@@ -39,8 +47,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "http://127.0.0.1:11434"
 # Base architectures (HF model_type) whose Safetensors LoRA adapters Ollama converts.
 ADAPTER_ARCHITECTURES = {"llama", "gemma2"}
-# Modules Ollama's adapter conversion does not map: an adapter touching them is merged instead.
-UNMAPPED_MODULES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
+# The file name a GGUF adapter blob is given in `adapters` (Ollama detects GGUF by the suffix).
+GGUF_ADAPTER_NAME = "adapter.gguf"
+# What Ollama's own engine answers when asked to load a model with a LoRA adapter.
+ENGINE_REFUSES_LORA = "loras are not yet implemented"
 
 
 class OllamaServer:
@@ -81,6 +91,8 @@ class OllamaServer:
         self.work_dir = str(work_dir) if work_dir else None
         self.publish_timeout_s = publish_timeout_s  # merge + upload + create (quantizing takes a while)
         self.last_stats: dict[str, Any] = {}  # counts of the last finished chat, for the bot's logs
+        # Base architectures whose runner refused a GGUF adapter at load: published merged from then on.
+        self.lora_refused: set[str] = set()
         # Deadlines are enforced with asyncio around each call; httpx only bounds connecting.
         self._client = ollama.AsyncClient(host=self._url, timeout=httpx.Timeout(None, connect=10.0))
 
@@ -166,17 +178,27 @@ class OllamaServer:
         system = self.system_prompt if system is None else system
         control = await asyncio.to_thread(ollama_control_tokens, self._base_folder(version))
         system = neutralize_control_tokens(system, control)
-        reason = _why_not_adapter(str(base_config.get("model_type", "")), adapter_config)
+        architecture = str(base_config.get("model_type", ""))
+        route, reason = _publish_route(base_config, adapter_config)
+        if route == "gguf" and architecture in self.lora_refused:
+            route, reason = "merged", f"Ollama at {self.host} does not apply LoRA adapters to {architecture} models"
         try:
             async with asyncio.timeout(self.publish_timeout_s):
-                if reason is None:
-                    try:
+                try:
+                    if route == "safetensors":
                         await self._create_with_adapter(tag, adapter_dir, chat_format, system)
                         return tag
-                    except ollama.ResponseError as e:
-                        if not _adapter_refused(e):
-                            raise
-                        reason = f"this Ollama refused the adapter ({e.error})"
+                    if route == "gguf":
+                        await self._create_with_gguf_adapter(tag, adapter_dir, base_config, chat_format, system)
+                        return tag
+                except ollama.ResponseError as e:
+                    if not _adapter_refused(e):
+                        raise
+                    reason = f"this Ollama refused the adapter ({e.error})"
+                except _LoraNotApplied as e:
+                    if e.remember:
+                        self.lora_refused.add(architecture)
+                    reason = str(e)
                 log.info("publishing %s as a merged model: %s", tag, reason)
                 await self._create_merged(tag, adapter_dir, base_model, chat_format, system)
                 return tag
@@ -201,12 +223,50 @@ class OllamaServer:
         await self._create(tag, from_=self.base_tag, adapters=adapters, template=fmt.template,
                            system=system, parameters={"stop": list(fmt.stop)})
 
+    async def _create_with_gguf_adapter(
+        self, tag: str, adapter_dir: Path, base_config: dict[str, Any], fmt: ChatFormat, system: str
+    ) -> None:
+        """Write the LoRA as one GGUF file, create the tag from the base with it, and load it once:
+        raises _LoraNotApplied (the tag deleted) when Ollama's runner refuses LoRA for this base."""
+        await self._require_base()
+        with self._staging("guildtune-gguf-") as tmp:
+            try:
+                path = await asyncio.to_thread(write_gguf_adapter, adapter_dir, base_config,
+                                               Path(tmp) / GGUF_ADAPTER_NAME)
+            except GgufAdapterUnsupported as e:  # found in the weights themselves: merge instead
+                raise _LoraNotApplied(f"the adapter cannot be written as a GGUF LoRA: {e}", remember=False) from e
+            except (OSError, KeyError, ValueError) as e:
+                raise ModelServerError(f"cannot write the adapter of {tag} as GGUF: {e} (retrain to "
+                                       f"produce the adapter again)") from e
+            adapters = {GGUF_ADAPTER_NAME: await self._client.create_blob(path)}
+        await self._create(tag, from_=self.base_tag, adapters=adapters, template=fmt.template,
+                           system=system, parameters={"stop": list(fmt.stop)})
+        try:
+            await self._client.chat(model=tag, messages=[], keep_alive=self.keep_alive)
+        except ollama.ResponseError as e:
+            text = str(e.error).lower()
+            if "arch mismatch" in text or "wrong base model" in text or "incorrect shape" in text:
+                raise ModelServerError(
+                    f"Ollama could not load {tag}: {e.error}. The adapter was trained on another base model "
+                    f"than '{self.base_tag}': set GUILDTUNE_OLLAMA_BASE to the trainer's base model."
+                ) from e
+            if ENGINE_REFUSES_LORA not in text:
+                raise
+            await self._forget(tag)
+            raise _LoraNotApplied(
+                f"Ollama at {self.host} accepted the GGUF adapter but its runner does not apply LoRA "
+                f"adapters to {base_config.get('model_type')} models ({e.error})", remember=True
+            ) from e
+
+    def _staging(self, prefix: str) -> tempfile.TemporaryDirectory:
+        if self.work_dir:
+            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=prefix, dir=self.work_dir)
+
     async def _create_merged(
         self, tag: str, adapter_dir: Path, base_model: str, fmt: ChatFormat, system: str
     ) -> None:
-        if self.work_dir:
-            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="guildtune-merge-", dir=self.work_dir) as tmp:
+        with self._staging("guildtune-merge-") as tmp:
             try:
                 merged = await asyncio.to_thread(merge_adapter, adapter_dir, base_model, tmp)
             except Exception as e:  # noqa: BLE001 - shapes, files, dtypes: all say the same to the admin
@@ -378,20 +438,24 @@ def _ollama_options(options: GenerationOptions) -> dict[str, Any]:
     return out
 
 
-def _why_not_adapter(architecture: str, config: dict[str, Any]) -> str | None:
-    """None when Ollama can take this adapter as is; else why it must be merged."""
-    if architecture not in ADAPTER_ARCHITECTURES:
-        known = sorted(ADAPTER_ARCHITECTURES)
-        return f"Ollama converts adapters only for {known} bases, not {architecture!r}"
-    if config.get("peft_type", "LORA") != "LORA":
-        return f"Ollama converts only LoRA adapters, not {config.get('peft_type')}"
-    if config.get("modules_to_save"):
-        return "the adapter saves whole modules (modules_to_save), which Ollama does not map"
-    targets = config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else targets
-    if any(module in str(t) for t in targets for module in UNMAPPED_MODULES):
-        return "the adapter targets embeddings or lm_head, which Ollama does not map"
-    return None
+class _LoraNotApplied(Exception):
+    """The LoRA cannot be served as an adapter file here: publish merged instead. `remember`: the
+    refusal is Ollama's for every adapter on this architecture, not this adapter's alone."""
+
+    def __init__(self, reason: str, *, remember: bool) -> None:
+        super().__init__(reason)
+        self.remember = remember
+
+
+def _publish_route(base_config: dict[str, Any], adapter_config: dict[str, Any]) -> tuple[str, str | None]:
+    """("safetensors", None): Ollama converts the PEFT files; ("gguf", None): a GGUF LoRA file;
+    ("merged", why): the whole merged model."""
+    architecture = str(base_config.get("model_type", ""))
+    if architecture in ADAPTER_ARCHITECTURES:
+        reason = adapter_problem(adapter_config)
+        return ("safetensors", None) if reason is None else ("merged", reason)
+    reason = why_not_gguf(base_config, adapter_config)
+    return ("gguf", None) if reason is None else ("merged", reason)
 
 
 def _adapter_refused(e: ollama.ResponseError) -> bool:

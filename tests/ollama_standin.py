@@ -4,7 +4,10 @@ It follows the facts in ../shared/notes/ollama.md: blobs stored by sha256 and ve
 from a base tag with Safetensors `adapters` (only for llama/gemma2 bases, else "unsupported
 architecture", as Ollama does), or from full safetensors `files` (config.json architecture checked),
 NDJSON progress and chat streams, mid-stream errors as a final `{"error"}` line with HTTP 200,
-404 `model 'x' not found`. Replies are derived from the model name and the last user message
+404 `model 'x' not found`. A GGUF adapter is accepted at create for any base, as Ollama does, but the
+first load fails where Ollama's runner would: the bases Ollama runs on its own engine (Gemma 3, Qwen 3)
+answer "loras are not yet implemented" (unless `engine_applies_lora`), and an adapter written for another
+architecture fails as llama.cpp's loader does. Replies are derived from the model name and the last user message
 (`standin_reply`), so a test can tell which tag answered. Switches inject failures: a create that
 fails mid-stream, a chat that fails mid-stream, slow answers, and the server going down.
 """
@@ -15,6 +18,7 @@ import hashlib
 import json
 import re
 import struct
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -36,6 +40,10 @@ KNOWN_BASE_TAGS = {
 }
 # Safetensors LoRA adapters convert only for these base architectures.
 ADAPTER_ARCHITECTURES = {"llama", "gemma2"}
+# Architectures Ollama always runs on its own engine (`OllamaEngineRequired`), which fails to load a
+# model with a LoRA adapter ("loras are not yet implemented"); the others run on llama.cpp, which applies it.
+OLLAMA_ENGINE_ARCHITECTURES = {"gemma3", "gemma3n", "qwen3", "qwen3moe", "mistral3", "llama4", "mllama"}
+ENGINE_LORA_ERROR = "llama runner process has terminated: failed to initialize model: loras are not yet implemented"
 # Full safetensors imports: HF architectures -> Ollama architecture (no Qwen3, no plain Mistral).
 FILE_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -101,6 +109,46 @@ def safetensors_dtypes(data: bytes) -> dict[str, str]:
     return dtypes
 
 
+def gguf_adapter_architecture(data: bytes) -> str:
+    """Validate a GGUF LoRA adapter as Ollama's and llama.cpp's loaders do; return its architecture.
+    ValueError with the loader's complaint otherwise."""
+    import gguf
+
+    if data[:4] != b"GGUF":
+        raise ValueError("invalid file magic")
+    with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+        f.write(data)
+        f.flush()
+        reader = gguf.GGUFReader(f.name)
+
+        def text(key: str) -> str:
+            field = reader.get_field(key)
+            return bytes(field.parts[field.data[0]]).decode() if field is not None else ""
+
+        if text("general.type") != "adapter":
+            raise ValueError(f"expect general.type to be 'adapter', but got: {text('general.type')}")
+        if text("adapter.type") != "lora":
+            raise ValueError(f"expect adapter.type to be 'lora', but got: {text('adapter.type')}")
+        alpha = reader.get_field("adapter.lora.alpha")
+        if alpha is None or alpha.types[0] != gguf.GGUFValueType.FLOAT32:
+            raise ValueError("adapter.lora.alpha is missing or not a float32")
+        dims = {t.name: [int(d) for d in t.shape] for t in reader.tensors}
+    halves: dict[str, dict[str, list[int]]] = {}
+    for name, shape in dims.items():
+        base, dot, which = name.rpartition(".")
+        if not dot or which not in ("lora_a", "lora_b"):
+            raise ValueError(f"LoRA tensor '{name}' has unexpected suffix")
+        halves.setdefault(base, {})[which] = shape
+    if not halves:
+        raise ValueError("no LoRA tensors in the adapter")
+    for base, pair in halves.items():
+        if len(pair) != 2:
+            raise ValueError(f"LoRA tensor pair for '{base}' is missing one component")
+        if len(pair["lora_a"]) != 2 or len(pair["lora_b"]) != 2 or pair["lora_a"][1] != pair["lora_b"][0]:
+            raise ValueError("lora_a tensor is not transposed (hint: adapter from \"finetune\" example is no longer supported)")
+    return text("general.architecture")
+
+
 def check_go_template(template: str) -> None:
     """Parse just enough of Go's text/template to refuse what Ollama's parser refuses most often."""
     depth, pos = 0, 0
@@ -151,6 +199,7 @@ class StoredModel:
     system: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     adapters: dict[str, str] = field(default_factory=dict)
+    adapter_architecture: str = ""  # of a GGUF adapter: llama.cpp refuses to load a mismatch
     files: dict[str, str] = field(default_factory=dict)
     quantize: str | None = None
     digest: str = ""
@@ -171,13 +220,15 @@ class StoredModel:
 class OllamaStandIn:
     """Start with `await standin.start()` (returns the base URL); stop with `await standin.stop()`."""
 
-    def __init__(self, base_models: dict[str, str] | None = None, *, adapters_supported: bool = True):
+    def __init__(self, base_models: dict[str, str] | None = None, *, adapters_supported: bool = True,
+                 engine_applies_lora: bool = False):
         self.blobs: dict[str, bytes] = {}
         self.models: dict[str, StoredModel] = {}
         for tag, arch in (KNOWN_BASE_TAGS if base_models is None else base_models).items():
             self.models[full_name(tag)] = StoredModel(full_name(tag), arch, digest=_digest(tag.encode()))
         self.loaded: dict[str, float | None] = {}  # name -> monotonic expiry (None: forever)
         self.adapters_supported = adapters_supported  # False: newer Ollama that dropped adapters
+        self.engine_applies_lora = engine_applies_lora  # True: an Ollama whose own engine applies LoRA
         # Failure switches for tests.
         self.fail_next_create: str | None = None  # error line after the first progress line
         self.fail_next_chat: str | None = None  # error line after the first chat chunk
@@ -370,7 +421,7 @@ class OllamaStandIn:
             model.parameters = parameters or base.parameters
             steps.append(f"using existing layer {base.digest}")
             if adapters:
-                steps += self._check_adapters(base, adapters)
+                steps += self._check_adapters(base, adapters, model)
         elif files:
             model.architecture, file_steps = self._check_files(files, quantize)
             steps += file_steps
@@ -383,10 +434,21 @@ class OllamaStandIn:
         steps += ["writing manifest"]
         return model, steps
 
-    def _check_adapters(self, base: StoredModel, adapters: dict[str, str]) -> list[str]:
+    def _check_adapters(self, base: StoredModel, adapters: dict[str, str], model: StoredModel) -> list[str]:
         if not self.adapters_supported:
             raise _error(400, "LoRA adapters are no longer supported")
         blobs = {rel: self._blob(d, rel) for rel, d in adapters.items()}
+        ggufs = [rel for rel, data in blobs.items() if rel.endswith(".gguf") or data[:4] == b"GGUF"]
+        if ggufs:
+            if len(ggufs) != len(blobs):
+                raise _error(400, "mixed model file types")
+            if len(ggufs) > 1:
+                raise _error(400, "only one adapter is currently supported")
+            try:
+                model.adapter_architecture = gguf_adapter_architecture(blobs[ggufs[0]])
+            except ValueError as e:
+                raise _error(400, f"{ggufs[0]}: {e}") from None
+            return [f"creating new layer {_digest(blobs[ggufs[0]])}"]
         if "adapter_config.json" not in {rel.rsplit("/", 1)[-1] for rel in blobs}:
             raise _error(400, "no adapter_config.json among the adapter files")
         weights = [rel for rel in blobs if rel.endswith(".safetensors")]
@@ -441,6 +503,7 @@ class OllamaStandIn:
         if not name:
             raise _error(400, "model is required")
         model = self.require(name)
+        self._check_runner(model)
         try:
             keep_alive = parse_keep_alive(body.get("keep_alive"))
         except ValueError as e:
@@ -495,6 +558,16 @@ class OllamaStandIn:
             self.loaded.pop(model.name, None)
         await response.write_eof()
         return response
+
+    def _check_runner(self, model: StoredModel) -> None:
+        """Refuse to load what Ollama's runners cannot: the 500 a crashed runner start gives."""
+        if not model.adapter_architecture:
+            return
+        if model.architecture in OLLAMA_ENGINE_ARCHITECTURES and not self.engine_applies_lora:
+            raise _error(500, ENGINE_LORA_ERROR)
+        if model.adapter_architecture != model.architecture:
+            raise _error(500, "llama runner process has terminated: error loading model: "
+                              "failed to apply lora adapter: model arch and LoRA arch mismatch")
 
     def _load(self, model: StoredModel, keep_alive: float | None) -> None:
         if not self.is_loaded(model.name):

@@ -1,5 +1,5 @@
-"""OllamaServer against the stand-in Ollama: publish (adapter and merged paths), chat, preload,
-prune/remove, and every failure turned into a clear ModelServerError."""
+"""OllamaServer against the stand-in Ollama: publish (safetensors adapter, GGUF adapter and merged
+paths), chat, preload, prune/remove, and every failure turned into a clear ModelServerError."""
 import asyncio
 import json
 import shutil
@@ -16,7 +16,7 @@ from serving.ollama_templates import FORMATS
 from serving.protocol import GenerationOptions, ModelServer, ModelServerError, ModelServerUnavailable
 from storage.records import ModelVersion
 
-from tiny_model import make_tiny_model_dir
+from tiny_model import make_tiny_model_dir, make_tiny_qwen2_dir
 
 GUILD = 4242
 QUESTION = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "who runs the raid?"}]
@@ -24,14 +24,15 @@ QUESTION = [{"role": "system", "content": "be brief"}, {"role": "user", "content
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Base folders and trained-looking LoRA adapters (B non-zero) for llama and gemma3."""
+    """Base folders and trained-looking LoRA adapters (B non-zero) for llama, gemma3 and qwen2."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("tiny")
     out = {}
-    for arch in ("llama", "gemma3"):
-        base = make_tiny_model_dir(root / f"{arch}-base", arch)
+    for arch in ("llama", "gemma3", "qwen2"):
+        base = (make_tiny_qwen2_dir(root / "qwen2-base") if arch == "qwen2"
+                else make_tiny_model_dir(root / f"{arch}-base", arch))
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         torch.manual_seed(1)
         peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
@@ -98,20 +99,62 @@ async def test_llama_version_is_created_from_the_clean_base_with_its_adapter(sta
     assert llama_server.last_stats["done_reason"] == "stop" and llama_server.last_stats["eval_count"] == len(pieces)
 
 
-async def test_gemma3_version_is_merged_and_imported_as_files(standin, tiny, tmp_path):
+def uploaded_bytes(standin):
+    return sum(size for method, path, size in standin.requests if path.startswith("/api/blobs/"))
+
+
+async def test_gemma3_version_is_a_gguf_adapter_where_ollamas_runner_applies_lora(tiny, tmp_path):
+    standin = OllamaStandIn(engine_applies_lora=True)
+    await standin.start()
+    server = make_server(standin, "gemma3:270m", work_dir=tmp_path)
+    try:
+        tag = await server.publish(version(tiny, "gemma3", number=2))
+        (create,) = create_requests(standin)
+        assert create["from"] == "gemma3:270m" and "files" not in create
+        assert list(create["adapters"]) == ["adapter.gguf"]
+        assert create["template"] == FORMATS["gemma"].template and create["parameters"] == {"stop": ["<end_of_turn>"]}
+        gguf_blob = standin.blobs[create["adapters"]["adapter.gguf"]]
+        assert gguf_blob[:4] == b"GGUF" and standin.find(tag).adapter_architecture == "gemma3"
+        assert uploaded_bytes(standin) == len(gguf_blob)  # one small file, no model weights
+        assert standin.is_loaded(tag)  # loaded once before it counted as published
+        assert await answer(server, version(tiny, "gemma3", number=2)) == standin_reply(tag, QUESTION)
+        assert list(tmp_path.iterdir()) == []  # the staging folder is cleaned up
+    finally:
+        await server.close()
+        await standin.stop()
+
+
+async def test_qwen2_version_is_a_gguf_adapter_on_ollamas_llama_cpp_runner(standin, tiny):
+    server = make_server(standin, "qwen2.5:0.5b")
+    try:
+        tag = await server.publish(version(tiny, "qwen2"))
+        (create,) = create_requests(standin)
+        assert create["from"] == "qwen2.5:0.5b" and list(create["adapters"]) == ["adapter.gguf"]
+        assert create["template"] == FORMATS["chatml"].template
+        assert await answer(server, version(tiny, "qwen2")) == standin_reply(tag, QUESTION)
+    finally:
+        await server.close()
+
+
+async def test_gemma3_on_ollamas_own_engine_is_merged_after_one_refused_load(standin, tiny, tmp_path):
+    """Ollama's own engine (Gemma 3) creates the tag with a LoRA but cannot load it: merged instead."""
     server = make_server(standin, "gemma3:270m", quantize="q4_K_M", work_dir=tmp_path)
     try:
         tag = await server.publish(version(tiny, "gemma3", number=2))
+        first = create_requests(standin)
+        await server.publish(version(tiny, "gemma3", number=3))
     finally:
         await server.close()
     assert tag == f"guildtune-{GUILD}:v2"
-    (create,) = create_requests(standin)
-    assert "from" not in create and "adapters" not in create and create["quantize"] == "q4_K_M"
+    assert [("adapters" in c, "files" in c) for c in first] == [(True, False), (False, True)]
+    assert [("adapters" in c, "files" in c) for c in create_requests(standin)[2:]] == [(False, True)]  # remembered
+    create = first[1]
+    assert "from" not in create and create["quantize"] == "q4_K_M"
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(create["files"])
     assert create["template"] == FORMATS["gemma"].template
     assert create["parameters"] == {"stop": ["<end_of_turn>"]}
-    assert standin.find(tag).architecture == "gemma3"
-    assert list(tmp_path.iterdir()) == []  # the merge folder is cleaned up
+    assert standin.find(tag).architecture == "gemma3" and not standin.find(tag).adapter_architecture
+    assert list(tmp_path.iterdir()) == []  # the staging folders are cleaned up
 
     # The uploaded weights are base + (alpha/r)·B·A, in bf16.
     merged = load_safetensors(standin.blobs[create["files"]["model.safetensors"]])
@@ -127,6 +170,16 @@ async def test_gemma3_version_is_merged_and_imported_as_files(standin, tiny, tmp
     assert not torch.allclose(merged[key].float(), base[key], atol=1e-3)
     config = json.loads(standin.blobs[create["files"]["config.json"]])
     assert config["architectures"] == ["Gemma3ForCausalLM"]
+
+
+async def test_gguf_adapter_for_another_base_fails_the_publish_and_leaves_no_tag(standin, tiny):
+    server = make_server(standin, "qwen2.5:0.5b")  # a Qwen base tag, a Gemma-trained adapter
+    try:
+        with pytest.raises(ModelServerError, match="LoRA arch mismatch.*set GUILDTUNE_OLLAMA_BASE"):
+            await server.publish(version(tiny, "gemma3"))
+    finally:
+        await server.close()
+    assert standin.find(f"guildtune-{GUILD}:v1") is None
 
 
 async def test_adapter_refused_by_ollama_falls_back_to_the_merged_import(tiny):
@@ -261,3 +314,20 @@ async def test_llama_adapter_on_lm_head_is_merged_since_ollama_cannot_map_it(sta
     assert "files" in create and "adapters" not in create
     assert create["template"] == FORMATS["llama3"].template
     assert standin.find(tag).architecture == "llama"
+
+
+async def test_adapter_weights_a_lora_file_cannot_carry_are_merged_without_blaming_ollama(standin, tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    shutil.copytree(tiny["gemma3"][1], tmp_path / "a")
+    weights = load_file(tmp_path / "a/adapter_model.safetensors")
+    weights["base_model.model.model.norm.weight"] = torch.ones(64)  # not a LoRA A/B tensor
+    save_file(weights, tmp_path / "a/adapter_model.safetensors")
+    v = ModelVersion(**{**version(tiny, "gemma3").__dict__, "adapter_path": str(tmp_path / "a")})
+    server = make_server(standin, "gemma3:270m", work_dir=tmp_path / "stage")
+    try:
+        await server.publish(v)
+    finally:
+        await server.close()
+    assert [("adapters" in c, "files" in c) for c in create_requests(standin)] == [(False, True)]
+    assert server.lora_refused == set()  # this adapter's problem, not Ollama's

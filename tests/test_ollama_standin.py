@@ -201,3 +201,49 @@ def test_shipped_templates_parse_and_bad_ones_do_not():
     for bad in ("{{ range .Messages }}", "{{ end }}", "{{ .Content }", "{{ else }}"):
         with pytest.raises(ValueError):
             check_go_template(bad)
+
+
+def gguf_bytes(tmp_path, *, general_type="adapter", arch="qwen2", b_rank=2) -> bytes:
+    import gguf
+    import numpy as np
+
+    path = tmp_path / f"{general_type}-{arch}-{b_rank}.gguf"
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_type(general_type)
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", 4.0)
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((2, 8), dtype=np.float16))  # dims [8, 2]
+    writer.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((8, b_rank), dtype=np.float16))  # dims [rank, 8]
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
+async def test_gguf_adapter_is_accepted_and_loads_only_where_ollamas_runner_applies_lora(standin, client, tmp_path):
+    digest = await client.create_blob(write(tmp_path, "a.gguf", gguf_bytes(tmp_path)))
+    await client.create(model="q:v1", from_="qwen2.5:0.5b", adapters={"adapter.gguf": digest})
+    await client.chat(model="q:v1", messages=[])  # llama.cpp's runner applies it
+    await client.create(model="g:v1", from_="gemma3:270m", adapters={"adapter.gguf": digest})  # create succeeds...
+    with pytest.raises(ollama.ResponseError, match="loras are not yet implemented") as err:
+        await client.chat(model="g:v1", messages=[])  # ...but Ollama's own engine cannot load it
+    assert err.value.status_code == 500
+    await client.create(model="l:v1", from_="llama3.2:1b", adapters={"adapter.gguf": digest})
+    with pytest.raises(ollama.ResponseError, match="model arch and LoRA arch mismatch"):
+        await client.chat(model="l:v1", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("adapters, error", [
+    ({"adapter.gguf": "model"}, "expect general.type to be 'adapter'"),
+    ({"adapter.gguf": "bad-rank"}, "lora_a tensor is not transposed"),
+    ({"a.gguf": "adapter", "b.gguf": "adapter"}, "only one adapter is currently supported"),
+    ({"adapter.gguf": "adapter", "adapter_model.safetensors": "lora"}, "mixed model file types"),
+])
+async def test_gguf_adapters_ollama_or_llama_cpp_would_refuse_are_400(standin, client, tmp_path, adapters, error):
+    blobs = {"adapter": gguf_bytes(tmp_path), "model": gguf_bytes(tmp_path, general_type="model"),
+             "bad-rank": gguf_bytes(tmp_path, b_rank=3), "lora": lora_bytes()}
+    files = {rel: await client.create_blob(write(tmp_path, rel, blobs[kind])) for rel, kind in adapters.items()}
+    with pytest.raises(ollama.ResponseError, match=error) as err:
+        await client.create(model="q:v1", from_="qwen2.5:0.5b", adapters=files)
+    assert err.value.status_code == 400 and standin.find("q:v1") is None

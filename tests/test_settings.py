@@ -31,12 +31,12 @@ def test_dotenv_and_env(monkeypatch, tmp_path):
 
 
 def test_bad_values_name_variable_value_and_allowed(monkeypatch):
-    monkeypatch.setenv("GUILDTUNE_SERVER", "vllm")
+    monkeypatch.setenv("GUILDTUNE_SERVER", "triton")
     monkeypatch.setenv("GUILDTUNE_ASK_CONCURRENCY", "0")
     with pytest.raises(SettingsError) as err:
         load_settings()
     text = str(err.value)
-    assert "GUILDTUNE_SERVER='vllm'" in text and "'local' or 'ollama'" in text
+    assert "GUILDTUNE_SERVER='triton'" in text and "'local', 'ollama' or 'vllm'" in text
     assert "GUILDTUNE_ASK_CONCURRENCY='0'" in text and "greater than or equal to 1" in text
 
 

@@ -114,6 +114,20 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
+def make_tiny_qwen2_dir(path: str | Path, seed: int = 0) -> Path:
+    """A tiny Qwen2ForCausalLM folder: config and weights only (ChatML is picked from model_type;
+    the GGUF-adapter path needs no tokenizer)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    return Path(path)
+
+
 def make_tiny_adapter(base_dir: Path, out: Path, seed: int = 1) -> Path:
     """A LoRA adapter for a tiny model with non-zero B (as after training), so outputs change."""
     import torch
