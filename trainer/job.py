@@ -20,6 +20,7 @@ from pathlib import Path
 from guildtune.settings import Settings, load_settings
 from storage.db import Database
 from storage.records import ModelVersion, TrainingRun
+from trainer.distributed import lead_or_follow
 
 log = logging.getLogger("trainer.job")
 
@@ -176,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.quiet import quiet_libraries
 
     quiet_libraries()
-    return asyncio.run(run_job(int(args[0]), load_settings()))
+    settings = load_settings()
+    # multi-GPU hook (trainer/distributed.py): one process runs the job; under `accelerate launch` rank 0
+    # runs it and the other ranks only train what rank 0 hands them
+    return lead_or_follow(lambda: asyncio.run(run_job(int(args[0]), settings)), device=settings.device)
 
 
 if __name__ == "__main__":
