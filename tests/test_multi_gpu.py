@@ -169,7 +169,7 @@ def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(tiny_m
     for name, weight in alone.items():
         if "lora_B" in name:  # B starts at zero: what it holds is what training put there
             assert weight.abs().max() > 1e-3
-        assert torch.allclose(multi[name], weight, rtol=1e-3, atol=2e-5), \
+        assert torch.allclose(multi[name], weight, rtol=1e-3, atol=5e-5), \
             f"{name}: max diff {(multi[name] - weight).abs().max():.2e}"
     # same losses too (each step's loss is gathered over the ranks)
     assert [round(x, 3) for _, x in ranks[0]["loss_history"]] == [round(x, 3) for _, x in single.loss_history]
