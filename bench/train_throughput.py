@@ -18,10 +18,20 @@ Variants (each in its own process: liger patches classes globally):
                   gradient checkpointing, adamw_torch, sdpa, no liger
 
 Sub-commands
-  run --variant V --model-dir DIR --out FILE.json [--tiny]
+  run --variant V --model-dir DIR --out FILE.json [--tiny] [--scaling strong|weak]
   check-flash --out FILE.json         flash varlen vs reference attention, forward and backward (GPU)
   all --model-dir DIR --out-dir DIR [--variants ...] [--anchor-results anchorbench_out/results.json]
   summarize --runs-dir DIR --out FILE.json [--anchor-results FILE]
+  multigpu --gpus N --model-dir DIR [--variants ...] [--scaling strong|weak] [--device cpu]
+                                      each variant on 1 GPU, then on 2, 4, ... N (same invocation), every
+                                      run through trainer/launch.py's launcher (accelerate launch, DDP);
+                                      tokens/s total and per GPU, scaling efficiency = tok/s(N) / (N x
+                                      tok/s(1)), peak memory per GPU, loss curve ->
+                                      bench/results/train_throughput_multigpu.json. `--gpus 1` runs the
+                                      same code on one GPU; `--device cpu --tiny --gpus 2` is the CPU
+                                      smoke test (gloo).
+  Scaling: strong (default, what `guildtune train` does) keeps the global batch of 8 conversations
+  and splits it over the GPUs; weak keeps 8 per GPU (the global batch grows with N).
 
 Example (device call, after `bash anchorbench/run.sh C_padded C_packed C_q4` built /tmp/anchor_model):
   PYTHONPATH=/tmp/site:$PWD python3 bench/train_throughput.py all --model-dir /tmp/anchor_model \\
@@ -50,7 +60,7 @@ TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 
 def anchor_module():
     """anchorbench/bench.py (data generator, model shape, tokenizer): the anchors' exact workload."""
-    path = REPO / "anchorbench"
+    path = Path(os.environ.get("ANCHORBENCH_DIR", REPO / "anchorbench"))
     if not (path / "bench.py").is_file():
         raise SystemExit("anchorbench/ is missing: cp -r ../shared/anchorbench ./anchorbench (see bench/RESULTS.md)")
     sys.path.insert(0, str(path))
@@ -78,6 +88,8 @@ def train_config(variant: str, a):
                   lr_scheduler_type="linear", warmup_ratio=a.warmup / (a.warmup + a.steps), weight_decay=0.0,
                   per_device_batch_size=8, max_length=a.max_len, max_steps=a.warmup + a.steps, seed=42,
                   logging_steps=1, device="cuda" if not a.tiny else "auto")
+    if getattr(a, "device", None):
+        common["device"] = a.device
     # The workload's 2,000 conversations are a 250-step run, where compile="auto" compiles
     # (trainer/speed.py COMPILE_MIN_STEPS); the bench times 60 of those steps, so it says so itself.
     if variant == "project":
@@ -91,7 +103,12 @@ def train_config(variant: str, a):
                   liger="off", qlora="off")
     else:
         raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    return TrainConfig(**common, **{**kw, **extra})
+    cfg = TrainConfig(**common, **{**kw, **extra})
+    if getattr(a, "scaling", "strong") == "weak":  # 8 conversations per GPU (prepare_trainer keeps it as it is)
+        from trainer.distributed import current
+
+        cfg = cfg.with_overrides(num_processes=current().world_size)
+    return cfg
 
 
 def _profiler_callback(out_path: str, first: int, last: int):
@@ -124,10 +141,14 @@ def _profiler_callback(out_path: str, first: int, last: int):
 
 
 def cmd_run(a) -> None:
+    from trainer.distributed import current
+
     res: dict = {"variant": a.variant, "status": "started", "argv": sys.argv[1:]}
     t_start = time.time()
 
     def dump():
+        if not current().is_main:  # in a multi-GPU run rank 0 writes the figures of every rank
+            return
         res["wall_s"] = round(time.time() - t_start, 1)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=1, default=str))
@@ -140,6 +161,8 @@ def cmd_run(a) -> None:
         dump()
         raise
     dump()
+    if not current().is_main:
+        return
     th, mem = res["throughput"], res.get("memory", {})
     print("RESULT", json.dumps({"variant": a.variant, "tokens_per_s": round(th["tokens_per_s"]),
                                 "tokens_per_s_median": round(th["tokens_per_s_at_median_step"]),
@@ -194,7 +217,7 @@ def _run(a, res, dump) -> None:
     res["throughput"] = meter.result()
     if not res["throughput"].get("complete"):
         raise RuntimeError(f"timing incomplete: {res['throughput']}")
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]  # gathered over the ranks
     res["loss"] = dict(first=losses[0] if losses else None, last=losses[-1] if losses else None,
                        n=len(losses), all=[round(x, 4) for x in losses])
     if cuda:
@@ -205,6 +228,31 @@ def _run(a, res, dump) -> None:
                              peak_reserved_train_gib=round(torch.cuda.max_memory_reserved() / gib, 3),
                              alloc_at_train_begin_gib=round(mem.get("before_train_alloc", 0) / gib, 3),
                              estimate_gib=prepared.speed.get("estimate_gib"))
+    res["ranks"] = _gather_ranks(res["throughput"], res.get("memory", {}))
+    res["throughput_total"] = _total(res["ranks"])
+    split = cfg.for_processes(len(res["ranks"]))
+    res["global_batch"] = split.per_device_batch_size * split.gradient_accumulation_steps * split.num_processes
+
+
+def _gather_ranks(throughput: dict, memory: dict) -> list[dict]:
+    """Every rank's timed tokens, seconds and peak memory, on every rank (one process: a list of one)."""
+    import torch.distributed as dist
+
+    mine = dict(tokens=throughput["tokens"], seconds=throughput["seconds"],
+                tokens_per_s=throughput["tokens_per_s"], peak_alloc_gib=memory.get("peak_alloc_gib"))
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
+def _total(ranks: list[dict]) -> dict:
+    """The job's throughput: all ranks' tokens over the slowest rank's timed window."""
+    tokens, seconds = sum(r["tokens"] for r in ranks), max(r["seconds"] for r in ranks)
+    return dict(gpus=len(ranks), tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
+                tokens_per_s_per_gpu=tokens / seconds / len(ranks),
+                peak_alloc_gib_per_gpu=[r["peak_alloc_gib"] for r in ranks])
 
 
 def cmd_check_flash(a) -> None:
@@ -333,16 +381,108 @@ def cmd_summarize(a) -> None:
         print(f"  {k:<40} {x:.2f}")
 
 
+def gpu_counts(n: int) -> list[int]:
+    """1, then the powers of two below n, then n: the 1-GPU baseline comes first, in the same invocation."""
+    counts, g = [1], 2
+    while g < n:
+        counts.append(g)
+        g *= 2
+    return counts + ([n] if n > 1 else [])
+
+
+def shape_name(model_dir: str) -> str:
+    from transformers import AutoConfig
+
+    from trainer.speed import Shape
+
+    config = AutoConfig.from_pretrained(model_dir)
+    return f"{config.model_type}-{Shape.from_config(config).n_params / 1e9:.2f}B"
+
+
+def cmd_multigpu(a) -> None:
+    """Each variant on 1 GPU, then 2, 4, ... N, through the job's own launcher; scaling against the 1-GPU run."""
+    from trainer.launch import LaunchPlan
+
+    out_dir = Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+    shape = shape_name(a.model_dir)
+    summary: dict = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "device": None, "shape": shape,
+                     "scaling": a.scaling, "gpus": a.gpus, "results": []}
+    for variant in a.variants.split():
+        baseline = None
+        for g in gpu_counts(a.gpus):
+            stem = f"{variant.replace('@', '__').replace('=', '-')}__gpus{g}"
+            target = [__file__, "run", "--variant", variant, "--model-dir", a.model_dir,
+                      "--out", str(out_dir / f"{stem}.json"), "--scaling", a.scaling,
+                      "--cap-gib", str(a.cap_gib), "--qlora-cap-gib", str(a.qlora_cap_gib)]
+            target += (["--tiny"] if a.tiny else []) + (["--device", a.device] if a.device else [])
+            argv = LaunchPlan(g, a.strategy if g > 1 else "single", a.device or "cuda").argv(target)
+            t = time.time()
+            with open(out_dir / f"{stem}.log", "w") as log:
+                try:
+                    rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        timeout=a.run_cap_s).returncode
+                except subprocess.TimeoutExpired:
+                    rc = "timeout"
+            path = out_dir / f"{stem}.json"
+            r = json.loads(path.read_text()) if path.is_file() else {"status": "missing"}
+            total = r.get("throughput_total") or {}
+            row = dict(shape=shape, mode=variant, gpus=g, strategy=a.strategy if g > 1 else "single",
+                       status=r.get("status") if rc == 0 else f"rc={rc}", device=r.get("device"),
+                       global_batch=r.get("global_batch"), tokens_per_s=total.get("tokens_per_s"),
+                       tokens_per_s_per_gpu=total.get("tokens_per_s_per_gpu"),
+                       peak_alloc_gib_per_gpu=total.get("peak_alloc_gib_per_gpu"),
+                       loss=(r.get("loss") or {}).get("all"), wall_s=round(time.time() - t, 1))
+            if g == 1 and row["tokens_per_s"]:
+                baseline = row["tokens_per_s"]
+            row["scaling_efficiency"] = (round(row["tokens_per_s"] / (g * baseline), 3)
+                                         if baseline and row["tokens_per_s"] else None)
+            summary["results"].append(row)
+            summary["device"] = summary["device"] or r.get("device")
+            if rc != 0:
+                lines = (out_dir / f"{stem}.log").read_text(errors="replace").splitlines()
+                print(f"[{stem}] rc={rc}", *lines[-15:], sep="\n  ", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(summary, indent=1, default=str))
+    fmt = lambda x, spec: format(x, spec) if isinstance(x, (int, float)) else "-"  # noqa: E731
+    print(f"\ntrain_throughput multi-GPU ({summary['device']}, {shape}, {a.scaling} scaling); "
+          "tok/s = non-padding tokens per second over the timed steps, all GPUs")
+    print(f"{'mode':<16} {'gpus':>4} {'status':<8} {'tok/s':>9} {'tok/s/GPU':>10} {'efficiency':>10} "
+          f"{'peak GiB/GPU':>14} {'loss first':>10} {'loss last':>9}")
+    for row in summary["results"]:
+        peaks = row["peak_alloc_gib_per_gpu"] or []
+        peak = max((p for p in peaks if p is not None), default=None)
+        loss = row["loss"] or [None]
+        print(f"{row['mode']:<16} {row['gpus']:>4} {str(row['status']):<8} {fmt(row['tokens_per_s'], '9.0f')} "
+              f"{fmt(row['tokens_per_s_per_gpu'], '10.0f')} {fmt(row['scaling_efficiency'], '10.2f')} "
+              f"{fmt(peak, '14.2f')} {fmt(loss[0], '10.3f')} {fmt(loss[-1], '9.3f')}")
+    print(f"wrote {a.out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "all"):
+    for name in ("run", "all", "multigpu"):
         r = sub.add_parser(name)
         r.add_argument("--model-dir", required=True)
         r.add_argument("--tiny", action="store_true", help="CPU smoke test: few short rows, few steps")
         r.add_argument("--cap-gib", type=float, default=3.6, help="memory cap of project_capped")
         r.add_argument("--qlora-cap-gib", type=float, default=1.68, help="memory cap of project_qlora")
-        if name == "run":
+        if name in ("run", "multigpu"):
+            r.add_argument("--scaling", choices=("strong", "weak"), default="strong",
+                           help="strong: the global batch of 8 split over the GPUs; weak: 8 per GPU")
+            r.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                           help="train on this device (cpu: the gloo smoke test); default cuda (auto with --tiny)")
+        if name == "multigpu":
+            r.add_argument("--gpus", type=int, required=True, help="the most GPUs; runs 1, 2, 4, ... up to it")
+            r.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp")
+            r.add_argument("--variants", default="project")
+            r.add_argument("--out-dir", default="/tmp/guildtune_bench_multigpu")
+            r.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput_multigpu.json"))
+            r.add_argument("--run-cap-s", type=int, default=600)
+        elif name == "run":
             r.add_argument("--variant", required=True, help=f"one of {VARIANTS}, optionally @field=value ...")
             r.add_argument("--profile", default=None, help="write a profile of steps 20-22 to this file")
             r.add_argument("--out", required=True)
@@ -375,6 +515,10 @@ def main() -> None:
         cmd_run(a)
     elif a.cmd == "all":
         cmd_all(a)
+    elif a.cmd == "multigpu":
+        if a.gpus < 1:
+            raise SystemExit(f"--gpus {a.gpus}: give the number of GPUs to scale up to (1 or more)")
+        cmd_multigpu(a)
     elif a.cmd == "check-flash":
         cmd_check_flash(a)
     else:

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     report_to: Literal["none", "tensorboard", "wandb"] = Field("none", alias="GUILDTUNE_REPORT_TO")
     qlora: Literal["auto", "on", "off"] = Field("auto", alias="GUILDTUNE_QLORA")
     memory_cap_gib: float | None = Field(None, alias="GUILDTUNE_MEMORY_CAP_GIB", gt=0)
+    #: "auto" (every visible GPU; 1 process without CUDA) or a number of training processes (trainer/launch.py)
+    train_gpus: str = Field("auto", alias="GUILDTUNE_TRAIN_GPUS")
     dev_guild_id: int | None = Field(None, alias="GUILDTUNE_DEV_GUILD")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="GUILDTUNE_LOG_LEVEL")
 
@@ -83,6 +85,14 @@ class Settings(BaseSettings):
             known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
             raise ValueError(f"{exc}; known fields: {known}") from None
         return value
+
+    @field_validator("train_gpus")
+    @classmethod
+    def _gpus_auto_or_count(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 1024):
+            raise ValueError("use auto (every visible GPU) or a number of GPUs from 1 to 1024")
+        return value if value == "auto" else str(int(value))
 
     def child_env(self) -> dict[str, str]:
         """These settings as environment variables for a child process (the training job),

@@ -50,6 +50,10 @@ class TrainConfig:
     per_device_batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass."})
     gradient_accumulation_steps: int = field(default=1, metadata={
         "help": "Forward passes per optimizer step; effective batch = batch size x this."})
+    num_processes: int = field(default=1, metadata={
+        "help": "Training processes, one per GPU (GUILDTUNE_TRAIN_GPUS; see for_processes). Each takes "
+                "per_device_batch_size conversations a forward pass: the global batch is per_device_batch_size "
+                "x gradient_accumulation_steps x this."})
     eval_batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass when evaluating."})
     max_length: int = field(default=1024, metadata={
         "help": "Tokens per conversation after templating; longer ones are truncated (the end is cut)."})
@@ -118,6 +122,8 @@ class TrainConfig:
             problems.append(f"learning_rate={self.learning_rate} must be > 0")
         if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1 or self.eval_batch_size < 1:
             problems.append("batch sizes and gradient_accumulation_steps must be >= 1")
+        if self.num_processes < 1:
+            problems.append(f"num_processes={self.num_processes} must be >= 1")
         if self.max_length < 16:
             problems.append(f"max_length={self.max_length} must be >= 16 tokens")
         if not 1 <= self.min_epochs <= self.max_epochs:
@@ -158,8 +164,24 @@ class TrainConfig:
         return cls(max_steps=max_steps, device=device, qlora=qlora, memory_cap_gib=memory_cap_gib,
                    per_device_batch_size=batch, **overrides)
 
+    def for_processes(self, n: int) -> "TrainConfig":
+        """This config split over `n` processes (one per GPU) with the same global batch, so a run learns the
+        same whatever the number of GPUs, only faster: the accumulation is divided when it can be (each GPU
+        keeps the per-device batch the planner filled it with), else the per-device batch (rounded up, so
+        the global batch grows by less than `n` rows). Idempotent: a config already for `n` is returned."""
+        if n == self.num_processes:
+            return self
+        if n < 1:
+            raise ValueError(f"num_processes={n} must be >= 1")
+        global_batch = self.per_device_batch_size * self.gradient_accumulation_steps * self.num_processes
+        if self.gradient_accumulation_steps * self.num_processes % n == 0:
+            return replace(self, num_processes=n,
+                           gradient_accumulation_steps=self.gradient_accumulation_steps * self.num_processes // n)
+        per_device = max(1, math.ceil(global_batch / (n * self.gradient_accumulation_steps)))
+        return replace(self, num_processes=n, per_device_batch_size=per_device)
+
     def steps_per_epoch(self, n_train: int) -> int:
-        per_step = self.per_device_batch_size * self.gradient_accumulation_steps
+        per_step = self.per_device_batch_size * self.gradient_accumulation_steps * self.num_processes
         return max(1, math.ceil(n_train / per_step))
 
     def epochs(self, n_train: int) -> int:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from serving.protocol import ModelServer, ModelServerError
 from storage.db import Database
 from storage.records import TrainingRun
 from storage.schedule import parse_schedule
+from trainer.launch import LaunchError, job_command
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,13 @@ class TrainerDaemon:
         """Run the child and wait; cancel it through the database flag, kill it if it ignores that."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GUILDTUNE_") and k != "DISCORD_TOKEN"}
         env.update(self.settings.child_env())
-        self._child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trainer.job", str(run.id), env=env)
+        try:  # one process, or accelerate's launcher of one per GPU (trainer/launch.py)
+            argv, launch_env = job_command(run.id, self.settings)
+        except LaunchError as exc:
+            await self.db.runs.finish(run.guild_id, run.id, "failed", error=str(exc))
+            return 1
+        env.update(launch_env)
+        self._child = await asyncio.create_subprocess_exec(*argv, env=env)
         await self.db.runs.update(run.guild_id, run.id, pid=self._child.pid)
         try:
             return await self._child.wait()

@@ -31,6 +31,7 @@ from trainer.dataset import TrainingSet, build_training_set, general_instruction
 from trainer.gate import Evidence, GoldenCheck, decide
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
 from trainer.sft import run_sft
+from trainer.distributed import lead_or_follow
 
 log = logging.getLogger("trainer.job")
 
@@ -277,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.quiet import quiet_libraries
 
     quiet_libraries()
-    return asyncio.run(run_job(int(args[0]), load_settings()))
+    settings = load_settings()
+    # multi-GPU hook (trainer/distributed.py): one process runs the job; under `accelerate launch` rank 0
+    # runs it and the other ranks only train what rank 0 hands them
+    return lead_or_follow(lambda: asyncio.run(run_job(int(args[0]), settings)), device=settings.device)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from trainer import distributed
 from trainer.config import Plan, TrainConfig
 
 if TYPE_CHECKING:
@@ -138,14 +139,19 @@ def plan_for(base_dir: str | Path, cfg: TrainConfig) -> Plan:
     if torch.cuda.is_available() and cfg.device != "cpu" and "auto" in (cfg.qlora, cfg.gradient_checkpointing):
         from trainer.estimate import estimate_memory
 
+        from trainer.launch import per_gpu_bytes
+
         gib = 2**30
         kw = dict(seq_len=cfg.max_length, batch_size=cfg.per_device_batch_size, lora_r=cfg.lora_r,
                   eager_attention=(cfg.attn_implementation or ("eager" if model_type.startswith("gemma")
                                                                else "sdpa")) == "eager")
+        rank = distributed.current()  # multi-GPU hook: under FSDP each GPU holds 1/N of the weights
+        shards = rank.world_size if rank.fsdp else 1
         estimates = {
-            "lora": estimate_memory(str(base_dir), "lora", gradient_checkpointing=False, **kw).total_bytes / gib,
-            "lora_checkpointed": estimate_memory(str(base_dir), "lora", gradient_checkpointing=True,
-                                                 **kw).total_bytes / gib,
+            "lora": per_gpu_bytes(estimate_memory(str(base_dir), "lora", gradient_checkpointing=False, **kw),
+                                  shards) / gib,
+            "lora_checkpointed": per_gpu_bytes(estimate_memory(str(base_dir), "lora", gradient_checkpointing=True,
+                                                               **kw), shards) / gib,
             "qlora": estimate_memory(str(base_dir), "qlora", gradient_checkpointing=False, **kw).total_bytes / gib,
         }
     return cfg.plan(model_type, estimate_gib=estimates)
@@ -164,8 +170,8 @@ def load_model(base_dir: str | Path, plan: Plan):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
-    if plan.device == "cuda":
-        kwargs["device_map"] = {"": 0}
+    if plan.device == "cuda" and distributed.current().cuda_device_map() is not None:
+        kwargs["device_map"] = distributed.current().cuda_device_map()  # multi-GPU hook: this rank's GPU
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
     if plan.device == "cpu":
         model.to("cpu")
@@ -241,6 +247,8 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
 
     from trainer.speed import choose_speed, install, sample_lengths, sft_overrides, wants_lengths
 
+    rank = distributed.current()
+    cfg = cfg.for_processes(rank.world_size)  # multi-GPU hook: per-GPU share of the global batch
     plan = plan_for(base_model_dir, cfg)
     total_steps = cfg.total_steps(len(train_ds))
     set_seed(cfg.seed)
@@ -249,7 +257,7 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
         train_ds = tokenize_conversations(train_ds, tokenizer, cfg.max_length)
     lengths = sample_lengths(train_ds, tokenizer) if wants_lengths(cfg, plan) else None
     speed = choose_speed(cfg, plan, AutoConfig.from_pretrained(str(base_model_dir)), lengths,
-                         total_steps=total_steps)
+                         total_steps=total_steps, weight_shards=rank.world_size if rank.fsdp else 1)
     plan = replace(plan, attn_implementation=speed.attn_implementation, optim=speed.optim,
                    gradient_checkpointing=speed.gradient_checkpointing, reasons=plan.reasons + speed.reasons)
     log.info("training plan: %s", "; ".join(plan.reasons) or "defaults")
@@ -286,6 +294,7 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
     )
     # checkpointing (under the argument name this transformers knows), packing, optimizer, kernels
     args.update(sft_overrides(speed))
+    args.update(rank.trainer_args())  # multi-GPU hook (DDP options)
     trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=train_ds.select_columns(columns),
                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback and the log, not stdout
@@ -311,9 +320,19 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
     n_train = len(train_ds)
     if n_train == 0:
         raise ValueError("the training split is empty")
-    total_steps = cfg.total_steps(n_train)
     if should_cancel is not None and should_cancel():
-        return SFTResult(None, [], 0, total_steps, n_train, cancelled=True)
+        return SFTResult(None, [], 0, cfg.total_steps(n_train), n_train, cancelled=True)
+    # multi-GPU hook (trainer/distributed.py): rank 0 hands the run to the other ranks, every rank trains its
+    # share of the global batch, and all stop at the same step when rank 0 is told to cancel
+    rank = distributed.current()
+    if rank.enabled:
+        if rank.is_main:
+            distributed.share_work(base_model_dir, train_ds, cfg)
+        else:
+            on_progress = None
+        should_cancel = distributed.agreed(should_cancel)
+    cfg = cfg.for_processes(rank.world_size)
+    total_steps = cfg.total_steps(n_train)
 
     history: list[tuple[int, float]] = []
     state: dict = {"cancelled": False, "t0": time.perf_counter()}
@@ -343,7 +362,14 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
         return result
 
     mark = time.perf_counter()
-    trainer.model.save_pretrained(str(output_dir))
+    if rank.fsdp:  # multi-GPU hook: gathering the shards is a collective; every rank joins, rank 0 writes
+        trainer.save_model(str(output_dir))
+    if not rank.is_main:  # multi-GPU hook: the other ranks only train (no files, no evaluation)
+        shutil.rmtree(scratch, ignore_errors=True)
+        result.duration_s = time.perf_counter() - started
+        return result
+    if not rank.fsdp:
+        trainer.model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     (output_dir / "training_config.json").write_text(json.dumps(
         {"config": cfg.to_dict(), "plan": asdict(plan), "total_steps": total_steps, "steps": steps}, indent=2))
@@ -367,14 +393,14 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
 def _evaluates_as_trained(prepared: PreparedRun, cfg: TrainConfig, base_model_dir: str | Path) -> bool:
     """Whether the in-memory model measures as a freshly loaded one would (the gate's one yardstick).
 
-    Not after training on a 4-bit base, with compiled blocks (new shapes would recompile), or with
-    another attention kernel. The packed-row kernel hands padded batches to SDPA, so it evaluates as SDPA.
+    Not after training on a 4-bit base, with compiled blocks (new shapes would recompile), sharded
+    (FSDP), or with another attention kernel. The packed-row kernel hands padded batches to SDPA, so it evaluates as SDPA.
     """
     from trainer.packing import ATTN_IMPLEMENTATION
 
     plan = prepared.plan
     trained_attn = "sdpa" if plan.attn_implementation == ATTN_IMPLEMENTATION else plan.attn_implementation
-    return (not plan.qlora and not prepared.speed.get("compile")
+    return (not plan.qlora and not prepared.speed.get("compile") and not distributed.current().fsdp
             and trained_attn == _eval_plan(cfg, _model_type(base_model_dir)).attn_implementation)
 
 

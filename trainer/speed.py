@@ -117,11 +117,12 @@ class Shape:
 
 
 def estimate_peak_bytes(shape: Shape, tokens: int, *, lora_r: int, checkpointing: bool, qlora: bool,
-                        layers_without_checkpointing: int = 0) -> int:
-    """Peak training memory (weights, LoRA state, activations, loss chunk) for `tokens` per step."""
+                        layers_without_checkpointing: int = 0, weight_shards: int = 1) -> int:
+    """Peak training memory of one GPU (weights, LoRA state, activations, loss chunk) for `tokens` per step;
+    under FSDP the weights and the LoRA state are split over `weight_shards` GPUs, activations are not."""
     linear = shape.n_params - shape.n_embed_params
-    weights = 2 * shape.n_embed_params + (int(0.53 * linear) if qlora else 2 * linear)
-    lora = 16 * shape.lora_params(lora_r)  # fp32 weight, grad, two Adam moments
+    weights = (2 * shape.n_embed_params + (int(0.53 * linear) if qlora else 2 * linear)) // weight_shards
+    lora = 16 * shape.lora_params(lora_r) // weight_shards  # fp32 weight, grad, two Adam moments
     act = shape.activation_bytes_per_token_layer() * tokens
     ckpt = 2 * shape.hidden * tokens
     if checkpointing:
@@ -141,8 +142,10 @@ def liger_available() -> bool:
 
 
 def choose_speed(cfg: "TrainConfig", plan: "Plan", model_config, lengths: Sequence[int] | None = None, *,
-                 gpu_total_bytes: int | None = None, total_steps: int | None = None) -> SpeedChoice:
-    """Decide packing, attention, checkpointing, optimizer and kernels for this run (see module doc)."""
+                 gpu_total_bytes: int | None = None, total_steps: int | None = None,
+                 weight_shards: int = 1) -> SpeedChoice:
+    """Decide packing, attention, checkpointing, optimizer and kernels for this run (see module doc), per GPU:
+    `cfg.per_device_batch_size` is one GPU's share; `weight_shards` > 1 under FSDP."""
     reasons: list[str] = []
     model_type = getattr(model_config, "model_type", "") or ""
     shape = Shape.from_config(model_config)
@@ -175,9 +178,9 @@ def choose_speed(cfg: "TrainConfig", plan: "Plan", model_config, lengths: Sequen
             budget_gib = min(budget_gib, cfg.memory_cap_gib)
     est = {
         "no_checkpointing": estimate_peak_bytes(shape, tokens, lora_r=cfg.lora_r, checkpointing=False,
-                                                qlora=plan.qlora) / GIB,
+                                                qlora=plan.qlora, weight_shards=weight_shards) / GIB,
         "checkpointing": estimate_peak_bytes(shape, tokens, lora_r=cfg.lora_r, checkpointing=True,
-                                             qlora=plan.qlora) / GIB,
+                                             qlora=plan.qlora, weight_shards=weight_shards) / GIB,
     }
     kept = 0
     if cfg.gradient_checkpointing == "on":
@@ -202,7 +205,7 @@ def choose_speed(cfg: "TrainConfig", plan: "Plan", model_config, lengths: Sequen
                            f"{usable:.1f} GiB usable of {budget_gib:.1f}")
     if checkpointing:
         est["chosen"] = estimate_peak_bytes(shape, tokens, lora_r=cfg.lora_r, checkpointing=True, qlora=plan.qlora,
-                                            layers_without_checkpointing=kept) / GIB
+                                            layers_without_checkpointing=kept, weight_shards=weight_shards) / GIB
 
     optim = plan.optim
     if cuda and cfg.optim == "auto" and not plan.qlora:
