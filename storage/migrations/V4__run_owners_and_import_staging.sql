@@ -25,7 +25,6 @@ CREATE TABLE example_import_rows (
     seq          INTEGER NOT NULL,                -- order in the imported file
     content_hash TEXT    NOT NULL,
     messages     TEXT    NOT NULL,                -- JSON [{role, content}], validated
-    is_new       INTEGER NOT NULL DEFAULT 0,      -- set while publishing: not already in examples
     PRIMARY KEY (import_id, seq),
     UNIQUE (import_id, content_hash)
 );
