@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 #: Rows per staging transaction: a few milliseconds of lock each.
 BATCH_ROWS = 2000
 #: SQLite page cache for the importing connection while it imports (KiB): the unique index on
-#: (guild, content hash) takes inserts in random order, and with the default 2 MiB cache a
-#: 100k-row publish spent a third of its time re-reading index pages (bench/bulk_import.py).
+#: (guild, content hash) takes inserts in random order, which the default 2 MiB cache turns into
+#: page re-reads inside the publish, the one transaction other writers wait for.
 IMPORT_CACHE_KIB = 256 * 1024
 #: Pause between staging batches, so another process's writer gets the lock in between (SQLite's
 #: busy handler retries a waiting writer on its own schedule, not when the lock is released).
