@@ -70,9 +70,7 @@ class VersionRepository:
         return _row_to_version(row) if row else None
 
     async def activate(self, guild_id: int, version_id: int) -> ModelVersion:
-        """The hot swap: one transaction moves the pointer and the statuses together. Activating
-        the version of a run still in progress is that run's success, recorded in the same
-        transaction, so no crash can leave an active version of a run that is not `succeeded`."""
+        """The hot swap: one transaction moves the pointer and the statuses together."""
         async with self.db.transaction() as conn:
             target = await self.get(guild_id, version_id)
             if target is None:
@@ -89,10 +87,6 @@ class VersionRepository:
                 "INSERT INTO active_versions (guild_id, version_id, activated_at) VALUES (?,?,?) "
                 "ON CONFLICT(guild_id) DO UPDATE SET version_id=excluded.version_id, activated_at=excluded.activated_at",
                 (guild_id, version_id, now))
-            if target.run_id is not None:
-                await conn.execute(
-                    "UPDATE training_runs SET status='succeeded', finished_at=?, pid=NULL"
-                    " WHERE guild_id=? AND id=? AND status='running'", (now, guild_id, target.run_id))
         return await self.get(guild_id, version_id)
 
     async def kept(self, guild_id: int) -> list[ModelVersion]:

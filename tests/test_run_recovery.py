@@ -59,6 +59,7 @@ async def version_of(daemon, run, *, activate: bool):
                                               base_model="b", metrics={}, n_examples=2)
     if activate:
         version = await daemon.db.versions.activate(GUILD, version.id)
+        await daemon.db.runs.finish(GUILD, run.id, "succeeded")
     return version
 
 
@@ -105,7 +106,6 @@ async def test_failed_runs_keep_no_version_and_pruning_keeps_good_ones_for_rollb
     for _ in range(2):
         run = await claimed_run(daemon)
         good.append(await version_of(daemon, run, activate=True))
-        assert (await db.runs.get(GUILD, run.id)).status == "succeeded"  # the flip is the run's success
     # killed between creating its version and the flip: the run fails, its version is never kept
     crashed = await claimed_run(daemon, dead_process())
     ready = await version_of(daemon, crashed, activate=False)
@@ -126,6 +126,18 @@ async def test_failed_runs_keep_no_version_and_pruning_keeps_good_ones_for_rollb
     assert (await db.versions.get(GUILD, good[0].id)).status == "removed"
     assert (await db.versions.rollback_target(GUILD)).id == good[1].id
     assert Path(good[1].adapter_path).is_dir() and not Path(good[0].adapter_path).exists()
+
+
+async def test_a_run_killed_after_the_flip_succeeded(daemon):
+    run = await claimed_run(daemon, dead_process())
+    _, final_dir = version_dirs(daemon.settings, run)
+    final_dir.mkdir(parents=True)
+    version = await daemon.db.versions.create(GUILD, run_id=run.id, adapter_path=str(final_dir), base_model="b",
+                                              metrics={}, n_examples=2)
+    await daemon.db.versions.activate(GUILD, version.id)  # ...and the process died before `finish`
+    assert await daemon.reap_dead_runs() == []
+    assert (await daemon.db.runs.get(GUILD, run.id)).status == "succeeded"
+    assert (await daemon.db.versions.active(GUILD)).id == version.id and final_dir.is_dir()
 
 
 async def test_an_unexpected_error_after_training_fails_the_run(daemon, monkeypatch):

@@ -79,10 +79,18 @@ class TrainerDaemon:
 
     async def reap_dead_runs(self) -> list[TrainingRun]:
         """Fail every running run whose owner process died, kill its job process if that outlived
-        it, and delete what the run left: its folders and any version it got to publish. A run
-        with a live owner (a `guildtune train` in another terminal, say) is left alone."""
+        it, and delete what the run left: its folders and any version it got to publish (a run
+        whose version was already activated succeeded instead). A run with a live owner (a
+        `guildtune train` in another terminal, say) is left alone. Returns the failed runs."""
         reaped = []
         for run in await self.db.runs.dead():
+            version = await self.db.versions.for_run(run.guild_id, run.id)
+            if version is not None and version.status in ("active", "retired"):
+                # the flip happened; only recording the success was cut short
+                if await self.db.runs.finish(run.guild_id, run.id, "succeeded"):
+                    log.warning("guild %s: run %s had activated v%s when its process died; marked succeeded",
+                                run.guild_id, run.id, version.number)
+                continue
             who = f"pid {run.owner.pid}" if run.owner else "claimed by an older guildtune"
             if not await self.db.runs.finish(run.guild_id, run.id, "failed",
                                              error=f"the training process ({who}) died before the run finished"):
