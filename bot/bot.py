@@ -1,5 +1,5 @@
-"""The Bot subclass: holds the database, the model server and the active-version tracker,
-and loads one extension per feature."""
+"""The Bot subclass: holds the database, the active-version tracker (and through it the model
+server, which may arrive after the bot has connected), and loads one extension per feature."""
 from __future__ import annotations
 
 import logging
@@ -27,18 +27,24 @@ def default_intents(message_content: bool = True) -> discord.Intents:
 
 
 class GuildtuneBot(commands.Bot):
-    def __init__(self, *, db: Database, server: ModelServer, settings: Settings,
+    def __init__(self, *, db: Database, settings: Settings, server: ModelServer | None = None,
                  tracker: ActiveVersionTracker | None = None, message_content: bool = True,
                  extensions: Iterable[str] = EXTENSIONS):
         super().__init__(command_prefix=commands.when_mentioned, intents=default_intents(message_content),
                          chunk_guilds_at_startup=False,
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None)
+        if tracker is not None and server is not None and tracker.server is not server:
+            raise ValueError("pass the model server or a tracker that holds it, not two different ones")
         self.db = db
-        self.server = server
         self.settings = settings
         self.tracker = tracker or ActiveVersionTracker(db, server, poll_s=settings.version_poll_s)
         self.message_content_enabled = message_content
         self.extension_names = tuple(extensions)  # tests may load a subset; the CLI loads them all
+
+    @property
+    def server(self) -> ModelServer | None:
+        """The model server; None while start-up is still making it (see `tracker.ready`)."""
+        return self.tracker.server
 
     async def setup_hook(self) -> None:
         for ext in self.extension_names:

@@ -66,7 +66,12 @@ async def make_server(settings: Settings) -> ModelServer:
 
 async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: asyncio.Event) -> None:
     """Run the bot and/or the trainer daemon until `stop` is set (Ctrl-C), then shut down cleanly:
-    a running training job is cancelled and recorded as such."""
+    a running training job is cancelled and recorded as such.
+
+    The bot connects to Discord first; the model server is made in the background (the first
+    start converts the embedded GGUF, a minute or more) and handed to the bot's tracker when it
+    is ready, so members get "warming up" from /ask instead of an offline bot. The trainer starts
+    once the server is there. A server that cannot be made stops everything with its error."""
     import discord
 
     from bot.bot import GuildtuneBot
@@ -74,21 +79,31 @@ async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: as
     from trainer.daemon import TrainerDaemon
 
     db = await Database.open(settings.db_path)
-    server = await make_server(settings)
-    tracker = ActiveVersionTracker(db, server, poll_s=settings.version_poll_s)
-    tasks: list[asyncio.Task] = []
+    tracker = ActiveVersionTracker(db, poll_s=settings.version_poll_s)
+
+    async def warm_up() -> ModelServer:
+        server = await make_server(settings)
+        if bot:
+            await tracker.attach(server)
+        log.info("the model server is ready")
+        return server
+
+    warm = asyncio.create_task(warm_up(), name="warm-up")
+    tasks: list[asyncio.Task] = [warm]
     client = None
     try:
         if trainer:
-            daemon = TrainerDaemon(db, settings, server, on_swap=tracker.refresh if bot else None)
-            tasks.append(asyncio.create_task(daemon.run_forever(stop), name="trainer"))
+            async def run_trainer():
+                daemon = TrainerDaemon(db, settings, await warm, on_swap=tracker.refresh if bot else None)
+                await daemon.run_forever(stop)
+
+            tasks.append(asyncio.create_task(run_trainer(), name="trainer"))
         if bot:
             token = settings.discord_token.get_secret_value()
 
             async def run_bot(message_content: bool = True):
                 nonlocal client
-                client = GuildtuneBot(db=db, server=server, settings=settings, tracker=tracker,
-                                      message_content=message_content)
+                client = GuildtuneBot(db=db, settings=settings, tracker=tracker, message_content=message_content)
                 try:
                     await client.start(token)
                 except discord.PrivilegedIntentsRequired:
@@ -102,10 +117,15 @@ async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: as
 
             tasks.append(asyncio.create_task(run_bot(), name="bot"))
         stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception():
-                raise task.exception()
+        waiting = [*tasks, stopper]
+        while True:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception():
+                    raise task.exception()
+            if done != {warm}:
+                break
+            waiting.remove(warm)  # warmed up: keep serving
     finally:
         stop.set()
         if client is not None:
@@ -113,5 +133,6 @@ async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: as
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await server.close()
+        if warm.done() and not warm.cancelled() and warm.exception() is None:
+            await warm.result().close()
         await db.close()

@@ -22,22 +22,30 @@ async def follow(db: Database, guild_id: int, run_id: int, progress: Progress, t
 
 
 async def train_now(settings: Settings, guild_id: int, console: Console, server=None) -> int:
-    """Returns the exit code. Pass `server` to publish into one the caller keeps using."""
+    """Returns the exit code. Pass `server` to publish into one the caller keeps using.
+
+    The model server is made before a run is claimed, so a base model that cannot load fails
+    here with nothing left running; runs whose process died are failed first (`reap_dead_runs`),
+    so a crash never blocks the next `guildtune train`."""
     db = await Database.open(settings.db_path)
     own_server = server is None
     try:
+        if own_server:
+            server = await make_server(settings)
+        daemon = TrainerDaemon(db, settings, server)
+        for dead in await daemon.reap_dead_runs():
+            console.print(f"[yellow]run {dead.id} of guild {dead.guild_id} had been left running by a process "
+                          "that died; marked failed.[/yellow]", highlight=False)
         run, _, created = await db.runs.enqueue(guild_id, trigger="cli")
         if not created and run.status == "running":
-            console.print(f"[red]error:[/red] run {run.id} of guild {guild_id} is already training; "
+            by = f" (pid {run.owner.pid})" if run.owner else ""
+            console.print(f"[red]error:[/red] run {run.id} of guild {guild_id} is already training{by}; "
                           "follow it with /model status or wait for it.", highlight=False)
             return 1
         claimed = await db.runs.claim(guild_id, run.id)
         if claimed is None:
             console.print(f"[red]error:[/red] run {run.id} was taken by a running trainer daemon.", highlight=False)
             return 1
-        if own_server:
-            server = await make_server(settings)
-        daemon = TrainerDaemon(db, settings, server)
         with Progress(TextColumn("[bold]training[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=console) as progress:
             task = progress.add_task("train", total=None, loss="loading…")

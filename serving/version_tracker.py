@@ -4,6 +4,10 @@ The trainer runs in another process; storage is the only channel. This tracker p
 `active_versions` table every few seconds and, when a guild's pointer moves, makes the server
 load the new version *before* the in-memory pointer switches, so no answer waits on a load
 or fails during the swap.
+
+The model server may come later than the tracker: start-up connects the bot to Discord first and
+makes the server in the background (converting the embedded GGUF can take a minute), then hands
+it over with `attach`. Until then the tracker is not `ready` and /ask says it is warming up.
 """
 from __future__ import annotations
 
@@ -18,20 +22,35 @@ log = logging.getLogger(__name__)
 
 
 class ActiveVersionTracker:
-    def __init__(self, db: Database, server: ModelServer, poll_s: float = 3.0):
+    def __init__(self, db: Database, server: ModelServer | None = None, poll_s: float = 3.0):
         self.db = db
         self.server = server
         self.poll_s = poll_s
         self._active: dict[int, ModelVersion] = {}
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether answers can be given: the server is there and the active versions are loaded."""
+        return self._ready
+
+    async def attach(self, server: ModelServer) -> None:
+        """Hand over the model server once it exists; loads the active versions, then is ready."""
+        self.server = server
+        await self.refresh()
+        self._ready = True
 
     def get(self, guild_id: int) -> ModelVersion | None:
         """The version /ask should use now (None: the base model)."""
         return self._active.get(guild_id)
 
     async def refresh(self) -> list[ModelVersion]:
-        """Load and switch to every pointer that moved since the last look; returns the switched ones."""
+        """Load and switch to every pointer that moved since the last look; returns the switched ones.
+        Nothing to do before a server is attached."""
+        if self.server is None:
+            return []
         async with self._lock:
             switched = []
             pointers = await self.db.versions.all_active()
@@ -57,7 +76,9 @@ class ActiveVersionTracker:
             return switched
 
     async def start(self) -> None:
-        await self.refresh()
+        """Start following the pointers; with a server already given, load the active versions first."""
+        if self.server is not None:
+            await self.attach(self.server)
         self._task = asyncio.create_task(self._loop(), name="active-version-tracker")
 
     async def stop(self) -> None:

@@ -101,25 +101,22 @@ class ExampleRepository:
         self, guild_id: int, conversations: Iterable[Conversation], *, source: str,
         author_id: int | None, status: str = "pending",
     ) -> BulkAddResult:
-        """All or nothing: every conversation is validated before the first row is written."""
+        """All or nothing: every conversation is validated before the first row is written, and
+        the rows appear together (storage.bulk_import), without blocking other writers for long."""
+        from storage.bulk_import import import_conversations
+
+        if source not in EXAMPLE_SOURCES:
+            raise ValueError(f"unknown source {source!r}")
+        if status not in ("pending", "approved"):
+            raise ValueError(f"new examples are pending or approved, not {status!r}")
         cleaned = []
         for i, conv in enumerate(conversations, 1):
             try:
                 cleaned.append(validate_conversation(conv))
             except InvalidConversation as exc:
                 raise InvalidConversation(f"Conversation {i}: {exc}") from None
-        created = duplicates = 0
-        async with self.db.transaction() as conn:
-            seen = {r["content_hash"] for r in await self.db.fetchall(
-                "SELECT content_hash FROM examples WHERE guild_id=?", (guild_id,))}
-            for clean in cleaned:
-                digest = content_hash(clean)
-                if digest in seen:
-                    duplicates += 1
-                    continue
-                seen.add(digest)
-                await self._insert(conn, guild_id, clean, digest, source, author_id, [], status, None)
-                created += 1
+        created, duplicates = await import_conversations(self.db, guild_id, cleaned, source=source,
+                                                         author_id=author_id, status=status)
         return BulkAddResult(created, duplicates)
 
     async def _insert(self, conn, guild_id, clean, digest, source, author_id, message_ids, status, answer_id,

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from storage.ownership import Owner
 
 Role = Literal["system", "user", "assistant"]
 Conversation = list[dict[str, str]]
@@ -91,6 +94,8 @@ class TrainingRun:
     started_at: float | None
     finished_at: float | None
     progress_message_id: int | None = None
+    owner: "Owner | None" = None  # the process that claimed the run (None: not claimed yet)
+    pid_started: float | None = None  # start time of the job process `pid`
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,15 @@
-"""Training runs: the queue the daemon works through, and the progress the bot displays."""
+"""Training runs: the queue the daemon works through, and the progress the bot displays.
+
+A claimed run records its owner (storage.ownership): the process that drives it to the end. Any
+entry point can then tell a live run from one whose process died (`dead`), and a live owner's
+run is never touched by another process."""
 from __future__ import annotations
 
 import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from storage.ownership import Owner
 from storage.records import TrainingRun
 
 if TYPE_CHECKING:
@@ -23,7 +28,17 @@ def _row_to_run(r: Any) -> TrainingRun:
         gate_reason=r["gate_reason"], cancel_requested=bool(r["cancel_requested"]), pid=r["pid"],
         loss_history=json.loads(r["loss_history"]), created_at=r["created_at"], started_at=r["started_at"],
         finished_at=r["finished_at"], progress_message_id=r["progress_message_id"],
+        owner=None if r["owner_pid"] is None else Owner(r["owner_host"], r["owner_pid"], r["owner_started"]),
+        pid_started=r["pid_started"],
     )
+
+
+_CLAIM = "status='running', started_at=?, owner_host=?, owner_pid=?, owner_started=?"
+
+
+def _claim_params(owner: Owner | None) -> tuple:
+    owner = owner or Owner.this_process()
+    return (time.time(), owner.host, owner.pid, owner.started)
 
 
 class RunRepository:
@@ -56,24 +71,26 @@ class RunRepository:
             "SELECT COUNT(*) AS n FROM training_runs WHERE status='queued' AND id<=?", (run.id,))
         return int(row["n"])
 
-    async def claim_next(self) -> TrainingRun | None:
-        """Move the oldest queued run to running; only one claimer can win it."""
+    async def claim_next(self, owner: Owner | None = None) -> TrainingRun | None:
+        """Move the oldest queued run to running, owned by `owner` (default: this process);
+        only one claimer can win it."""
         async with self.db.transaction() as conn:
             row = await self.db.fetchone("SELECT id FROM training_runs WHERE status='queued' ORDER BY id LIMIT 1")
             if row is None:
                 return None
             await conn.execute(
-                "UPDATE training_runs SET status='running', started_at=? WHERE id=? AND status='queued'",
-                (time.time(), row["id"]))
+                f"UPDATE training_runs SET {_CLAIM} WHERE id=? AND status='queued'",
+                (*_claim_params(owner), row["id"]))
             claimed = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (row["id"],))
         return _row_to_run(claimed)
 
-    async def claim(self, guild_id: int, run_id: int) -> TrainingRun | None:
-        """Move this queued run to running (for `guildtune train`); None if someone else has it."""
+    async def claim(self, guild_id: int, run_id: int, owner: Owner | None = None) -> TrainingRun | None:
+        """Move this queued run to running (for `guildtune train`), owned by `owner` (default: this
+        process); None if someone else has it."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "UPDATE training_runs SET status='running', started_at=? WHERE guild_id=? AND id=? AND status='queued'",
-                (time.time(), guild_id, run_id))
+                f"UPDATE training_runs SET {_CLAIM} WHERE guild_id=? AND id=? AND status='queued'",
+                (*_claim_params(owner), guild_id, run_id))
         return await self.get(guild_id, run_id) if cur.rowcount == 1 else None
 
     async def by_id(self, run_id: int) -> TrainingRun | None:
@@ -119,7 +136,7 @@ class RunRepository:
 
     async def update(self, guild_id: int, run_id: int, **fields: Any) -> None:
         """Set columns of a run (progress, counts, pid, ...); JSON columns take Python values."""
-        allowed = {"n_train", "n_eval", "step", "total_steps", "loss", "eta_s", "pid", "metrics",
+        allowed = {"n_train", "n_eval", "step", "total_steps", "loss", "eta_s", "pid", "pid_started", "metrics",
                    "loss_history", "progress_message_id", "eval_loss", "baseline_eval_loss"}
         bad = set(fields) - allowed
         if bad:
@@ -135,10 +152,18 @@ class RunRepository:
     async def finish(self, guild_id: int, run_id: int, status: str, *, error: str | None = None,
                      gate_reason: str | None = None, eval_loss: float | None = None,
                      baseline_eval_loss: float | None = None, metrics: dict | None = None) -> bool:
-        """Record the outcome once; a run already finished keeps its first outcome (returns False)."""
+        """Record the outcome once; a run already finished keeps its first outcome (returns False).
+
+        A run that did not succeed keeps no servable version: a version it left `ready` (the
+        process died between creating it and the flip) is marked removed in the same transaction."""
         if status not in FINAL:
             raise ValueError(f"{status!r} is not a final status")
         async with self.db.transaction() as conn:
+            if status != "succeeded":
+                await conn.execute(
+                    "UPDATE model_versions SET status='removed' WHERE guild_id=? AND run_id=? AND status='ready'"
+                    " AND EXISTS (SELECT 1 FROM training_runs WHERE id=? AND status IN ('queued','running'))",
+                    (guild_id, run_id, run_id))
             cur = await conn.execute(
                 "UPDATE training_runs SET status=?, error=?, gate_reason=?, eval_loss=COALESCE(?, eval_loss),"
                 " baseline_eval_loss=COALESCE(?, baseline_eval_loss), metrics=COALESCE(?, metrics),"
@@ -159,10 +184,11 @@ class RunRepository:
             "SELECT cancel_requested FROM training_runs WHERE guild_id=? AND id=?", (guild_id, run_id))
         return bool(row and row["cancel_requested"])
 
-    async def fail_orphans(self) -> list[TrainingRun]:
-        """At daemon start nothing can be running: whatever says so was interrupted."""
-        rows = await self.db.fetchall("SELECT * FROM training_runs WHERE status='running'")
-        for r in rows:
-            await self.finish(r["guild_id"], r["id"], "failed",
-                              error="interrupted: the trainer stopped while this run was in progress")
+    async def running(self) -> list[TrainingRun]:
+        rows = await self.db.fetchall("SELECT * FROM training_runs WHERE status='running' ORDER BY id")
         return [_row_to_run(r) for r in rows]
+
+    async def dead(self) -> list[TrainingRun]:
+        """Running runs whose owner process is gone (or that no owner ever claimed as such: a claim
+        made before owners were recorded). A live owner's run is never in this list."""
+        return [run for run in await self.running() if run.owner is None or not run.owner.is_alive()]

@@ -23,7 +23,15 @@ class VersionRepository:
 
     async def create(self, guild_id: int, *, run_id: int | None, adapter_path: str, base_model: str,
                      metrics: dict, n_examples: int) -> ModelVersion:
+        """A `ready` version. Only a run still running may create one: a run already marked failed
+        (its owner died, say) keeps no version, even if its job process trained on."""
         async with self.db.transaction() as conn:
+            if run_id is not None:
+                run = await self.db.fetchone(
+                    "SELECT status FROM training_runs WHERE guild_id=? AND id=?", (guild_id, run_id))
+                if run is None or run["status"] != "running":
+                    raise LookupError(f"run {run_id} is {run['status'] if run else 'unknown'}, not running; "
+                                      "its adapter does not become a version")
             row = await self.db.fetchone(
                 "SELECT COALESCE(MAX(number), 0) + 1 AS n FROM model_versions WHERE guild_id=?", (guild_id,))
             cur = await conn.execute(
@@ -81,6 +89,14 @@ class VersionRepository:
                 (guild_id, version_id, now))
         return await self.get(guild_id, version_id)
 
+    async def kept(self, guild_id: int) -> list[ModelVersion]:
+        """The good versions, newest first: those that have served (active or retired). Pruning
+        counts only these, so a `ready` version never pushes out the last one to roll back to."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM model_versions WHERE guild_id=? AND status IN ('active','retired') ORDER BY number DESC",
+            (guild_id,))
+        return [_row_to_version(r) for r in rows]
+
     async def rollback_target(self, guild_id: int) -> ModelVersion | None:
         """The version active before the current one: the newest retired one."""
         row = await self.db.fetchone(
@@ -106,6 +122,8 @@ class VersionRepository:
         return _row_to_version(row) if row else None
 
     async def adapter_paths(self, guild_id: int) -> set[str]:
-        """Every adapter folder this guild's versions point at (the daemon deletes the others at start)."""
-        rows = await self.db.fetchall("SELECT adapter_path FROM model_versions WHERE guild_id=?", (guild_id,))
+        """Every adapter folder a servable version of this guild points at (the daemon deletes the
+        others at start, removed versions' folders included)."""
+        rows = await self.db.fetchall(
+            "SELECT adapter_path FROM model_versions WHERE guild_id=? AND status<>'removed'", (guild_id,))
         return {r["adapter_path"] for r in rows}

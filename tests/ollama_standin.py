@@ -9,7 +9,8 @@ first load fails where Ollama's runner would: the bases Ollama runs on its own e
 answer "loras are not yet implemented" (unless `engine_applies_lora`), and an adapter written for another
 architecture fails as llama.cpp's loader does. Replies are derived from the model name and the last user message
 (`standin_reply`), so a test can tell which tag answered. Switches inject failures: a create that
-fails mid-stream, a chat that fails mid-stream, slow answers, and the server going down.
+fails mid-stream, a chat that fails mid-stream, slow answers, a create or load that hangs, and the
+server going down.
 """
 from __future__ import annotations
 
@@ -234,6 +235,11 @@ class OllamaStandIn:
         self.fail_next_chat: str | None = None  # error line after the first chat chunk
         self.delay_s: float = 0.0  # before each chat chunk and each create progress line
         self.corrupt_next_blob = False  # flip a byte of the next upload, as a broken link would
+        # "create" / "load": such requests hang (a stuck Ollama) until `release_stalled()`, then fail;
+        # `stalled` lists the ones that started hanging, so a test knows its client is waiting there.
+        self.stall: set[str] = set()
+        self.stalled: list[str] = []
+        self._release = asyncio.Event()
         # Exact replies for tests: last user message -> reply text (otherwise `standin_reply`).
         self.scripted_replies: dict[str, str] = {}
         # What happened, for assertions.
@@ -269,7 +275,21 @@ class OllamaStandIn:
             self.port = self._runner.addresses[0][1]
         return self.url
 
+    def release_stalled(self) -> None:
+        """End every hanging request (with a 500) and stop stalling new ones."""
+        self.stall.clear()
+        self._release.set()
+        self._release = asyncio.Event()
+
+    async def _stall(self, what: str) -> None:
+        if what in self.stall:
+            self.stalled.append(what)
+            release = self._release
+            await release.wait()
+            raise _error(500, f"stand-in: the stalled {what} was released")
+
     async def stop(self) -> None:
+        self.release_stalled()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -357,6 +377,7 @@ class OllamaStandIn:
         if not valid_name(name):
             raise _error(400, "invalid model name")
         model, steps = self._plan_create(full_name(name), body)
+        await self._stall("create")
         fail = self.fail_next_create
         self.fail_next_create = None
         if body.get("stream") is False:
@@ -515,6 +536,7 @@ class OllamaStandIn:
                 raise _error(400, f'option "{key}" must be of type {expected}')
         messages = body.get("messages") or []
         if not messages:  # load (or unload with keep_alive 0) without generating
+            await self._stall("load")
             await asyncio.sleep(self.delay_s)
             if keep_alive == 0:
                 self.loaded.pop(model.name, None)

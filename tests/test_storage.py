@@ -7,6 +7,7 @@ import pytest
 from storage.conversation import InvalidConversation
 from storage.db import LATEST_VERSION, Database, migrations
 from storage.examples import ExampleError
+from storage.ownership import Owner
 
 
 def conv(q: str, a: str = "answer") -> list[dict]:
@@ -178,10 +179,13 @@ async def test_run_queue_and_orphans(db):
     claimed = await db.runs.claim_next()
     assert claimed.id == run.id and claimed.status == "running"
     assert await db.runs.queue_position(claimed) == 0
-    [orphan] = await db.runs.fail_orphans()
-    after = await db.runs.get(1, orphan.id)
-    assert after.status == "failed" and "interrupted" in after.error
-    assert not await db.runs.finish(1, run.id, "succeeded")  # first outcome stays
+    assert claimed.owner == Owner.this_process() and claimed.owner.is_alive()
+    assert await db.runs.dead() == []  # a live owner's run is not anyone else's to fail
+    dead_owner = Owner(claimed.owner.host, claimed.owner.pid, claimed.owner.started - 3600)  # pid reused since
+    other = await db.runs.claim_next(owner=dead_owner)
+    assert [r.id for r in await db.runs.dead()] == [other.id]
+    assert await db.runs.finish(2, other.id, "failed", error="died")
+    assert not await db.runs.finish(2, other.id, "succeeded")  # first outcome stays
 
 
 async def test_activate_is_one_pointer_flip(db):

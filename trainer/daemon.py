@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -21,8 +22,10 @@ from typing import Callable
 from guildtune.settings import Settings
 from serving.protocol import ModelServer, ModelServerError
 from storage.db import Database
+from storage.ownership import Owner
 from storage.records import TrainingRun
 from storage.schedule import parse_schedule
+from trainer.job import version_dirs
 from trainer.launch import LaunchError, job_command
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 60.0
 BACKOFF_MAX_S = 3600.0
 CANCEL_GRACE_S = 20.0
+#: A run's folders under versions_dir/<guild>/: `.run-N.tmp` while training, `run-N` once complete.
+RUN_FOLDER = re.compile(r"^\.?run-(\d+)(?:\.tmp)?$")
 
 
 @dataclass
@@ -53,21 +58,64 @@ class TrainerDaemon:
     # ------------------------------------------------------------------ start-up
 
     async def recover(self) -> None:
-        """Nothing can be running when the daemon starts: fail orphaned runs and delete
-        half-written artifacts (temporary folders, folders no version row points at)."""
-        for run in await self.db.runs.fail_orphans():
-            log.warning("run %s of guild %s was interrupted; marked failed", run.id, run.guild_id)
+        """At start: fail the runs whose owner died, then delete half-written artifacts (temporary
+        folders, folders no servable version points at) except those of runs still in progress."""
+        await self.reap_dead_runs()
         root = self.settings.versions_dir
         if not root.is_dir():
             return
+        in_progress = {run.id for run in await self.db.runs.running()}
         for guild_dir in root.iterdir():
             if not guild_dir.is_dir() or not guild_dir.name.isdigit():
                 continue
-            keep = await self.db.versions.adapter_paths(int(guild_dir.name))
+            keep = {Path(p).resolve() for p in await self.db.versions.adapter_paths(int(guild_dir.name))}
             for child in guild_dir.iterdir():
-                if str(child.resolve()) not in {str(Path(p).resolve()) for p in keep}:
+                match = RUN_FOLDER.match(child.name)
+                if match and int(match.group(1)) in in_progress:
+                    continue  # another live process is training or publishing it
+                if child.resolve() not in keep:
                     shutil.rmtree(child, ignore_errors=True)
                     log.info("removed leftover %s", child)
+
+    async def reap_dead_runs(self) -> list[TrainingRun]:
+        """Fail every running run whose owner process died, kill its job process if that outlived
+        it, and delete what the run left: its folders and any version it got to publish (a run
+        whose version was already activated succeeded instead). A run with a live owner (a
+        `guildtune train` in another terminal, say) is left alone. Returns the failed runs."""
+        reaped = []
+        for run in await self.db.runs.dead():
+            version = await self.db.versions.for_run(run.guild_id, run.id)
+            if version is not None and version.status in ("active", "retired"):
+                # the flip happened; only recording the success was cut short
+                if await self.db.runs.finish(run.guild_id, run.id, "succeeded"):
+                    log.warning("guild %s: run %s had activated v%s when its process died; marked succeeded",
+                                run.guild_id, run.id, version.number)
+                continue
+            who = f"pid {run.owner.pid}" if run.owner else "claimed by an older guildtune"
+            if not await self.db.runs.finish(run.guild_id, run.id, "failed",
+                                             error=f"the training process ({who}) died before the run finished"):
+                continue  # another entry point reaped it first
+            log.warning("guild %s: run %s was left running by a process that died (%s); marked failed",
+                        run.guild_id, run.id, who)
+            if run.pid and run.pid_started and run.owner is not None:
+                job = Owner(run.owner.host, run.pid, run.pid_started)
+                if await asyncio.to_thread(job.kill):
+                    log.warning("killed run %s's job process %s, which outlived its owner", run.id, run.pid)
+            await self.discard_run(run)
+            reaped.append(run)
+        return reaped
+
+    async def discard_run(self, run: TrainingRun) -> None:
+        """Delete a finished-but-not-succeeded run's folders and the version it may have published."""
+        version = await self.db.versions.for_run(run.guild_id, run.id)
+        if version is not None and version.status == "removed":
+            try:
+                await self.server.remove(version)
+            except ModelServerError as exc:
+                log.warning("could not remove v%s of failed run %s from the model server: %s",
+                            version.number, run.id, exc)
+        for folder in version_dirs(self.settings, run):
+            shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -109,7 +157,9 @@ class TrainerDaemon:
             return 1
         env.update(launch_env)
         self._child = await asyncio.create_subprocess_exec(*argv, env=env)
-        await self.db.runs.update(run.guild_id, run.id, pid=self._child.pid)
+        job = Owner.of_pid(self._child.pid)  # its start time lets a later reaper kill it safely
+        await self.db.runs.update(run.guild_id, run.id, pid=self._child.pid,
+                                  pid_started=job.started if job else None)
         try:
             return await self._child.wait()
         except asyncio.CancelledError:
@@ -132,7 +182,20 @@ class TrainerDaemon:
         await self.db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled: the trainer was stopped")
 
     async def process(self, run: TrainingRun) -> RunOutcome:
-        """Train (child), then publish, preload and flip the pointer if the child succeeded."""
+        """Train (child), then publish, preload and flip the pointer if the child succeeded. The
+        run always ends with an outcome: an unexpected error fails it with that error."""
+        try:
+            return await self._process(run)
+        except asyncio.CancelledError:
+            await self.db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled: the trainer was stopped")
+            raise
+        except Exception as exc:
+            log.exception("guild %s: run %s failed", run.guild_id, run.id)
+            if await self.db.runs.finish(run.guild_id, run.id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000]):
+                await self.discard_run(run)
+            return RunOutcome(await self.db.runs.get(run.guild_id, run.id), False)
+
+    async def _process(self, run: TrainingRun) -> RunOutcome:
         log.info("guild %s: training run %s (%s)", run.guild_id, run.id, run.trigger)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -146,6 +209,7 @@ class TrainerDaemon:
             reason = f"signal {-code}" if code < 0 else f"exit code {code}"
             await self.db.runs.finish(run.guild_id, run.id, "failed",
                                       error=f"the training process died ({reason}) before finishing")
+            await self.discard_run(run)
             return RunOutcome(await self.db.runs.get(run.guild_id, run.id), False)
         t0 = time.perf_counter()
         try:
@@ -155,7 +219,7 @@ class TrainerDaemon:
         except ModelServerError as exc:
             await self.db.runs.finish(run.guild_id, run.id, "failed",
                                       error=f"publishing v{version.number} failed: {exc}")
-            await self.db.versions.mark_removed(run.guild_id, version.id)
+            await self.discard_run(run)
             return RunOutcome(await self.db.runs.get(run.guild_id, run.id), False)
         timings["publish_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -171,9 +235,9 @@ class TrainerDaemon:
         return RunOutcome(await self.db.runs.get(run.guild_id, run.id), True, timings)
 
     async def prune(self, guild_id: int) -> None:
-        """Keep the newest `keep_versions` versions servable for rollback; remove older ones."""
-        versions = [v for v in await self.db.versions.list(guild_id, limit=1000) if v.status != "removed"]
-        for old in versions[self.settings.keep_versions:]:
+        """Keep the newest `keep_versions` good versions (those that have served) for rollback;
+        remove older ones. Versions of failed runs are never kept, so they never count."""
+        for old in (await self.db.versions.kept(guild_id))[self.settings.keep_versions:]:
             if old.status == "active":
                 continue
             try:
@@ -184,6 +248,7 @@ class TrainerDaemon:
             shutil.rmtree(old.adapter_path, ignore_errors=True)
 
     async def tick(self) -> RunOutcome | None:
+        await self.reap_dead_runs()
         await self.schedule_due()
         run = await self.db.runs.claim_next()
         if run is None:

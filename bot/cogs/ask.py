@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 EDIT_INTERVAL_S = 1.0  # Discord rate-limits edits; about one a second reads as "typing"
 MODAL_TEXT_LIMIT = 4000
 BASE_MODEL_NOTICE = "-# Answered by the base model: no trained version is active in this server yet."
+WARMING_UP = ("I'm still warming up: the model is loading (the first start converts it, which takes "
+              "a minute or two). Try again in a minute.")
 
 
 def version_footer(version: ModelVersion | None) -> str:
@@ -233,6 +235,9 @@ class AskCog(commands.Cog):
     async def ask(self, interaction: discord.Interaction, question: app_commands.Range[str, 1, 4000],
                   private: bool = False) -> None:
         guild_id, user_id = interaction.guild_id, interaction.user.id
+        if not self.bot.tracker.ready:
+            await interaction.response.send_message(WARMING_UP, ephemeral=True)
+            return
         refusal = self._admit(guild_id, user_id)
         if refusal:
             await interaction.response.send_message(refusal, ephemeral=True)
