@@ -33,6 +33,10 @@ def validate_conversation(messages: object) -> Conversation:
     """
     if not isinstance(messages, list) or not messages:
         raise InvalidConversation("The conversation is empty: give at least a prompt and a response.")
+    system_first = isinstance(messages[0], dict) and messages[0].get("role") == "system"
+    if len(messages) - system_first > MAX_TURNS:  # before any per-message work: the count alone decides
+        raise InvalidConversation(f"An example may have at most {MAX_TURNS} turns; this one has "
+                                  f"{len(messages) - system_first}.")
     clean: Conversation = []
     for i, msg in enumerate(messages, 1):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:

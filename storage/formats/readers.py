@@ -276,11 +276,9 @@ def read_jsonl(path: Path, text: str) -> list[Record]:
     except JsonLimitError as exc:
         raise _limit_error(path, exc) from None
     records = []
-    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
-        if not line.strip():
-            continue
-        if len(records) >= MAX_IMPORT_ROWS:
-            check_row_count(path.name, len(records) + 1)
+    numbered = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]  # not splitlines():
+    check_row_count(path.name, len(numbered))  # JSON strings may hold U+2028; the count is known before parsing
+    for number, line in numbered:
         try:
             records.append(Record(f"line {number}", json_limits.loads(line)))
         except json.JSONDecodeError as exc:
