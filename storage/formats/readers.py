@@ -116,6 +116,8 @@ def double_encoding_warning(path: Path, text: str) -> str | None:
     Finds each lead/follower pair, then the word around it; the scan resumes after that word, so every
     character is looked at a bounded number of times however long the words are.
     """
+    if text.isascii():  # every lead is a non-ASCII letter; this check runs at memory speed
+        return None
     resume = 0
     while match := _MOJIBAKE_PAIR.search(text, resume):
         before = text[resume:match.start()][::-1]  # the word's start: scan back, at most to the last word's end
