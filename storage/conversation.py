@@ -51,14 +51,14 @@ def validate_conversation(messages: object) -> Conversation:
         if is_blank(content):
             invisible = " (only invisible characters such as zero-width spaces)" if content else ""
             raise InvalidConversation(f"The {what} (message {i}) is empty{invisible}: write some text or leave it out.")
-        surrogate = surrogate_problem(content)
-        if surrogate:
-            raise InvalidConversation(f"The {what} (message {i}) {surrogate}.")
         if len(content) > MAX_MESSAGE_CHARS:
             raise InvalidConversation(
                 f"Message {i} ({role}) is {len(content):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. "
                 "Shorten it or split it into several examples."
             )
+        surrogate = surrogate_problem(content)
+        if surrogate:
+            raise InvalidConversation(f"The {what} (message {i}) {surrogate}.")
         clean.append({"role": role, "content": content})
     turns = clean[1:] if clean[0]["role"] == "system" else clean
     if any(m["role"] == "system" for m in turns):

@@ -183,8 +183,8 @@ _XLSX_PARTS = {
         '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" '
         'Target="worksheets/sheet1.xml"/></Relationships>'),
 }
-_SHEET_START = ('<?xml version="1.0" encoding="UTF-8"?><worksheet '
-                'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">')
+_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+_WORKSHEET = '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
 
 
 def _cell(ref: str, text: str) -> str:
@@ -196,7 +196,7 @@ def _header_rows() -> str:
            f'<row r="2">{_cell("A2", "q")}{_cell("B2", "a")}</row>'
 
 
-def _xlsx(folder: Path, name: str, sheet_parts: list[str], padding: int = 0) -> Path:
+def _xlsx(folder: Path, name: str, sheet_parts: list[str], padding: int = 0, doctype: str = "") -> Path:
     """A minimal workbook written by hand (so a bomb needs no bomb-sized work here); `padding` bytes of
     spaces go into the sheet XML, streamed through the compressor."""
     path = folder / name
@@ -204,7 +204,7 @@ def _xlsx(folder: Path, name: str, sheet_parts: list[str], padding: int = 0) -> 
         for part, xml in _XLSX_PARTS.items():
             archive.writestr(part, xml)
         with archive.open("xl/worksheets/sheet1.xml", "w") as sheet:
-            sheet.write(_SHEET_START.encode())
+            sheet.write((_XML_DECLARATION + doctype + _WORKSHEET).encode())
             chunk = b" " * (1 << 20)
             for start in range(0, padding, len(chunk)):
                 sheet.write(chunk[:min(len(chunk), padding - start)])
@@ -230,6 +230,19 @@ def xlsx_wide(folder: Path, n: int) -> Path:
 
 def xlsx_whitespace_bomb(folder: Path, n: int) -> Path:
     return _xlsx(folder, "whitespace.xlsx", ["<sheetData>", _header_rows(), "</sheetData>"], padding=n)
+
+
+def xlsx_entity_bomb(folder: Path, n: int) -> Path:
+    """"Billion laughs": n levels of entities, each ten of the one below, in the sheet's XML."""
+    entities = '<!ENTITY e0 "lol">' + "".join(f'<!ENTITY e{i} "{f"&e{i - 1};" * 10}">' for i in range(1, n + 1))
+    return _xlsx(folder, "entities.xlsx", ["<sheetData>", _header_rows(),
+                                           f'<row r="3">{_cell("A3", f"&e{n};")}</row></sheetData>'],
+                 doctype=f"<!DOCTYPE worksheet [{entities}]>")
+
+
+def xlsx_big_number(folder: Path, n: int) -> Path:
+    return _xlsx(folder, "big_number.xlsx", ["<sheetData>", _header_rows(),
+                                             f'<row r="3"><c r="A3"><v>{"9" * n}</v></c></row></sheetData>'])
 
 
 def xlsx_rows(folder: Path, n: int) -> Path:
@@ -263,6 +276,8 @@ CASES = [
     Case("xlsx: a cell in column XFD", xlsx_wide, 16_384, 16_384, 1, ("16,384 cells", "more than 1,000"), "columns"),
     Case("xlsx: a zip of whitespace", xlsx_whitespace_bomb, MAX_XLSX_UNPACKED_BYTES + 1, 4 * MAX_XLSX_UNPACKED_BYTES,
          1, ("unpacks to", "more than 160 MiB"), "bytes"),
+    Case("xlsx: entities that expand a billion times", xlsx_entity_bomb, 9, 9, 1, ("not a readable .xlsx",), "levels"),
+    Case("xlsx: a number of 5,000 digits", xlsx_big_number, 5_000, ROOM // 2, 1, ("not a readable .xlsx",), "digits"),
     Case("xlsx: rows at the limit", xlsx_rows, 500, MAX_IMPORT_ROWS // 4, 0, ("Imported",), "rows"),
     # JSON structure
     Case("json: arrays nested 100k deep", deep_json, 100_000, ROOM // 2, 1, (f"more than {MAX_JSON_DEPTH} levels",),

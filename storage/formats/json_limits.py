@@ -41,7 +41,7 @@ def check_depth(text: str, *, lines_apart: bool = False) -> None:
     Only str/bytes methods run over the whole text (escaped backslashes and quotes are removed, then
     everything but brackets, quotes and newlines), so a 64 MiB file takes a fraction of a second.
     """
-    unescaped = text.replace("\\\\", "").replace('\\"', "")  # \\ pairs first, as a JSON parser reads them
+    unescaped = text.replace("\\\\", "").replace('\\"', "") if "\\" in text else text  # \\ pairs first, as JSON reads them
     skeleton = unescaped.encode("utf-8", "surrogatepass").translate(None, _DROP)
     if lines_apart:
         for long_line in _LONG_LINE.finditer(skeleton):  # a line of fewer brackets cannot nest that deep

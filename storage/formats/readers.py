@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from xml.etree.ElementTree import ParseError
 
 from storage.formats import json_limits
 from storage.formats.errors import ImportFormatError, RowError, type_name
@@ -55,9 +56,12 @@ def read_bytes(path: Path) -> bytes:
     if len(data) > MAX_IMPORT_BYTES:
         raise too_many(path.name, f"is larger than {size_text(MAX_IMPORT_BYTES)}", "split it into smaller files "
                        "(e.g. `split -l 100000 big.jsonl part-` for JSON Lines) and import them one by one")
-    if not data.removeprefix(b"\xef\xbb\xbf").strip():
+    if _BLANK_BYTES.match(data):
         raise ImportFormatError(f"{path.name} is empty: there is nothing to import. Check you exported the right file.")
     return data
+
+
+_BLANK_BYTES = re.compile(rb"(?:\xef\xbb\xbf)?\s*+\Z")  # stops at the first character that is not blank
 
 
 def read_text(path: Path) -> tuple[str, list[str]]:
@@ -108,21 +112,22 @@ def too_many(where: str, what: str, fix: str) -> ImportFormatError:
 _MOJIBAKE_PAIR = re.compile(r"[ÃÂâÅÐÑ][\x80-\xbf\u0152-\u2122]")
 _WORD_CHARS = r"\w\x80-\xbf\u0152-\u2122"  # letters plus every follower
 _WORD_AHEAD = re.compile(f"[{_WORD_CHARS}]*+")
+_WORD_REACH = 60  # characters looked at on each side of a pair: a word, or a window of a run longer than words
 
 
 def double_encoding_warning(path: Path, text: str) -> str | None:
     """Spot UTF-8 that was decoded as Windows-1252 and saved again ("cafÃ©" for "café").
 
-    Finds each lead/follower pair, then the word around it; the scan resumes after that word, so every
-    character is looked at a bounded number of times however long the words are.
+    Finds each lead/follower pair, then the word around it (at most _WORD_REACH characters each way); the
+    scan resumes after it, so every character is looked at a bounded number of times.
     """
     if text.isascii():  # every lead is a non-ASCII letter; this check runs at memory speed
         return None
     resume = 0
     while match := _MOJIBAKE_PAIR.search(text, resume):
-        before = text[resume:match.start()][::-1]  # the word's start: scan back, at most to the last word's end
-        start = match.start() - _WORD_AHEAD.match(before).end()
-        end = _WORD_AHEAD.match(text, match.start()).end()
+        reach = max(resume, match.start() - _WORD_REACH)
+        start = match.start() - _WORD_AHEAD.match(text[reach:match.start()][::-1]).end()
+        end = _WORD_AHEAD.match(text, match.start(), match.start() + _WORD_REACH).end()
         word, resume = text[start:end], end
         try:
             repaired = word.encode("cp1252").decode("utf-8")
@@ -405,7 +410,7 @@ def read_xlsx(path: Path) -> tuple[list[str], list[Record]]:
             workbook = openpyxl.load_workbook(stream, read_only=True, data_only=True)
         except ImportFormatError:
             raise
-        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError, ParseError) as exc:
             raise ImportFormatError(f"{path.name} is not a readable .xlsx workbook ({exc}). {unreadable}") from None
         try:
             sheet = workbook.worksheets[0]
@@ -413,7 +418,7 @@ def read_xlsx(path: Path) -> tuple[list[str], list[Record]]:
             header, records = _table(path, _sheet_rows(path, sheet), sheet=sheet.title)
         except ImportFormatError:
             raise
-        except (zipfile.BadZipFile, ValueError, TypeError, KeyError) as exc:  # a broken part found while reading
+        except (zipfile.BadZipFile, ValueError, TypeError, KeyError, ParseError) as exc:  # a broken part, met late
             raise ImportFormatError(f"{path.name} is not a readable .xlsx workbook ({exc}). {unreadable}") from None
         finally:
             workbook.close()
