@@ -228,7 +228,9 @@ def _json_array(path: Path, text: str) -> list[Record]:
         return _walk_array(path, text)
     except ImportFormatError:
         raise
-    except (json.JSONDecodeError, ValueError, IndexError):
+    except json.JSONDecodeError as exc:  # inside a row: the same error and position the parser gives
+        raise _json_error(path, text, exc) from None
+    except (ValueError, IndexError):
         pass
     try:  # the walk stopped: let the standard parser say exactly where the JSON is broken
         value = json_limits.loads(text)
