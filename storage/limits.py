@@ -9,13 +9,14 @@ from __future__ import annotations
 # One example (storage/conversation.py checks these).
 MAX_MESSAGE_CHARS = 8_000  # per message; longer texts are split into several examples
 MAX_TURNS = 64  # user + assistant turns in one conversation
+MAX_LISTED_TURNS = 1_000  # turns a row may list before tool turns are merged (then MAX_TURNS applies)
 
 # One imported file (storage/formats/).
 MAX_IMPORT_BYTES = 64 * 1024 * 1024  # the file as stored on disk
 MAX_IMPORT_ROWS = 100_000  # rows, lines or conversations read from one file (Alpaca has 52k)
 MAX_TABLE_COLUMNS = 1_000  # cells in one CSV/XLSX row
 MAX_XLSX_UNPACKED_BYTES = 160 * 1024 * 1024  # a workbook's parts once unzipped (a zip bomb stops here)
-MAX_XLSX_ROWS = 2 * MAX_IMPORT_ROWS  # sheet rows including empty ones (a sheet can claim a million)
+MAX_XLSX_ROWS = 25_000  # sheet rows including empty ones: openpyxl reads about 10k a second (use CSV beyond)
 MAX_JSON_DEPTH = 64  # arrays/objects inside each other; a dataset row needs 4
 MAX_NUMBER_DIGITS = 100  # digits of one JSON integer (Python itself stops at 4,300, with a traceback)
 

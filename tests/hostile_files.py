@@ -131,7 +131,8 @@ def lone_surrogate_json(folder: Path, n: int) -> Path:
 
 
 def invisible_prompt_json(folder: Path, n: int) -> Path:
-    return _write(folder, "invisible.json", json.dumps([{"instruction": INVISIBLE * n, "output": "a"}]))
+    return _write(folder, "invisible.json", json.dumps([{"instruction": INVISIBLE * n, "output": "a"}],
+                                                       ensure_ascii=False))
 
 
 def many_turns_sharegpt(folder: Path, n: int) -> Path:
@@ -196,12 +197,28 @@ def _header_rows() -> str:
            f'<row r="2">{_cell("A2", "q")}{_cell("B2", "a")}</row>'
 
 
-def _xlsx(folder: Path, name: str, sheet_parts: list[str], padding: int = 0, doctype: str = "") -> Path:
+_SHARED_STRINGS_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"
+_SHARED_STRINGS_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings"
+
+
+def _xlsx(folder: Path, name: str, sheet_parts: list[str], padding: int = 0, doctype: str = "",
+          shared: list[str] | None = None) -> Path:
     """A minimal workbook written by hand (so a bomb needs no bomb-sized work here); `padding` bytes of
-    spaces go into the sheet XML, streamed through the compressor."""
+    spaces go into the sheet XML, streamed through the compressor; `shared`: the shared-strings table
+    (what Excel writes; cells point into it with t="s")."""
     path = folder / name
+    parts = dict(_XLSX_PARTS)
+    if shared is not None:
+        parts["[Content_Types].xml"] = parts["[Content_Types].xml"].replace(
+            "</Types>", f'<Override PartName="/xl/sharedStrings.xml" ContentType="{_SHARED_STRINGS_TYPE}"/></Types>')
+        parts["xl/_rels/workbook.xml.rels"] = parts["xl/_rels/workbook.xml.rels"].replace(
+            "</Relationships>", f'<Relationship Id="rId2" Type="{_SHARED_STRINGS_REL}" Target="sharedStrings.xml"/>'
+                                "</Relationships>")
+        parts["xl/sharedStrings.xml"] = (
+            _XML_DECLARATION + '<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+            + "".join(f"<si><t>{text}</t></si>" for text in shared) + "</sst>")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for part, xml in _XLSX_PARTS.items():
+        for part, xml in parts.items():
             archive.writestr(part, xml)
         with archive.open("xl/worksheets/sheet1.xml", "w") as sheet:
             sheet.write((_XML_DECLARATION + doctype + _WORKSHEET).encode())
@@ -246,9 +263,12 @@ def xlsx_big_number(folder: Path, n: int) -> Path:
 
 
 def xlsx_rows(folder: Path, n: int) -> Path:
-    rows = "".join(f'<row r="{r}">{_cell(f"A{r}", f"q{r}")}{_cell(f"B{r}", "a")}</row>' for r in range(2, n + 2))
-    return _xlsx(folder, "rows.xlsx", ['<sheetData><row r="1">' + _cell("A1", "prompt") + _cell("B1", "response")
-                                       + "</row>", rows, "</sheetData>"])
+    """n rows of question and answer, stored as Excel stores text: in the shared-strings table."""
+    shared = ["prompt", "response"] + [text for r in range(n) for text in (f"Question {r}?", f"Answer {r}.")]
+    rows = "".join(f'<row r="{r + 2}"><c r="A{r + 2}" t="s"><v>{2 * r + 2}</v></c>'
+                   f'<c r="B{r + 2}" t="s"><v>{2 * r + 3}</v></c></row>' for r in range(n))
+    header = '<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c></row>'
+    return _xlsx(folder, "rows.xlsx", ["<sheetData>", header, rows, "</sheetData>"], shared=shared)
 
 
 LONG = MAX_MESSAGE_CHARS + 1
@@ -278,7 +298,7 @@ CASES = [
          1, ("unpacks to", "more than 160 MiB"), "bytes"),
     Case("xlsx: entities that expand a billion times", xlsx_entity_bomb, 9, 9, 1, ("not a readable .xlsx",), "levels"),
     Case("xlsx: a number of 5,000 digits", xlsx_big_number, 5_000, ROOM // 2, 1, ("not a readable .xlsx",), "digits"),
-    Case("xlsx: rows at the limit", xlsx_rows, 500, MAX_IMPORT_ROWS // 4, 0, ("Imported",), "rows"),
+    Case("xlsx: rows at the limit", xlsx_rows, 500, MAX_XLSX_ROWS - 1, 0, ("Imported",), "rows"),
     # JSON structure
     Case("json: arrays nested 100k deep", deep_json, 100_000, ROOM // 2, 1, (f"more than {MAX_JSON_DEPTH} levels",),
          "levels"),
@@ -299,8 +319,8 @@ CASES = [
     Case("json: brackets in every string", brackets_in_strings_json, 2_000, MAX_IMPORT_ROWS, 0, ("Imported",), "rows"),
     Case("json: an unclosed string of escaped quotes", escaped_quotes_json, 1_000_000, ROOM // 2, 1,
          ("not valid JSON",)),
-    Case("json: 20k keys in one row", many_keys_json, 20_000, ROOM // 12, 0, ("Imported 1",), "keys"),
-    Case("sharegpt: 20k turns", many_turns_sharegpt, 20_000, ROOM // 40, 1, ("at most 64 turns",), "turns"),
+    Case("json: 20k keys in one row", many_keys_json, 20_000, ROOM // 17, 0, ("Imported 1",), "keys"),
+    Case("sharegpt: 20k turns", many_turns_sharegpt, 20_000, ROOM // 40, 1, ("lists", "at most 64"), "turns"),
     # text that is not what it looks like
     Case("json: a lone surrogate", lone_surrogate_json, 10, MAX_MESSAGE_CHARS - 10, 1,
          ("lone UTF-16 surrogate", "row 1")),

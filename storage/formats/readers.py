@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import json
 import re
 import zipfile
@@ -195,7 +194,7 @@ def read_json(path: Path, text: str) -> list[Record]:
             json_limits.check_depth(text)
             value = json_limits.loads(text)
         except JsonLimitError as exc:
-            if _first_line_is_object(text):  # JSON Lines: each line is checked on its own
+            if "\n" in text.strip() and _first_line_is_object(text):  # JSON Lines: each line is checked alone
                 return read_jsonl(path, text)
             raise _limit_error(path, exc) from None
         except json.JSONDecodeError as exc:
@@ -310,7 +309,7 @@ def require_objects(records: list[Record]) -> None:
 
 def read_csv(path: Path, text: str) -> tuple[list[str], list[Record]]:
     """Header + rows of a CSV (comma, semicolon or tab separated). Row numbers match a spreadsheet's."""
-    first_line = text.split("\n", 1)[0]
+    first_line = text[:text.find("\n")] if "\n" in text else text
     delimiter = "\t" if path.suffix.lower() == ".tsv" else max(",;\t|", key=first_line.count)
     if first_line.count(delimiter) == 0:
         delimiter = ","
@@ -321,7 +320,8 @@ def read_csv(path: Path, text: str) -> tuple[list[str], list[Record]]:
 
 def _csv_rows(path: Path, text: str, delimiter: str) -> Iterable[list[str]]:
     """The CSV's rows; strict, so a quote that is never closed stops the import instead of swallowing rows."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    lines = (line.group() for line in _CSV_LINE.finditer(text))  # one line at a time, not a copy of the text
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     while True:
         first_line = reader.line_num + 1
         try:
@@ -333,6 +333,7 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> Iterable[list[str]]:
         yield row
 
 
+_CSV_LINE = re.compile(r"[^\r\n]*+(?:\r\n|\r|\n)|[^\r\n]++\Z")  # the lines open(newline="") reads
 # A quoted cell ("" is a quote inside it), and an unquoted one; possessive, so a failed match never backtracks.
 _QUOTED_CELL = re.compile(r'"[^"]*+(?:""[^"]*+)*+"')
 _QUOTE_FIX = 'close the quote, or write a quote inside a quoted cell as two quotes ("")'

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from storage.conversation import is_blank
 from storage.formats.errors import KEEP_TOOL_TURNS_HINT, RowError, SkipRow, type_name
+from storage.limits import MAX_LISTED_TURNS, MAX_TURNS
 from storage.records import Conversation
 
 ROLES = ("system", "user", "assistant")
@@ -42,6 +43,14 @@ def text_field(value: object, field: str, *, required: bool = True) -> str:
 
 def _invisible(blank: str) -> str:
     return " (it holds only invisible characters, such as zero-width spaces)" if blank.strip() else ""
+
+
+def check_listed_turns(items: list, field: str) -> None:
+    """Refuse a row listing more turns than could ever make one example, before any is converted."""
+    if len(items) > MAX_LISTED_TURNS:
+        raise RowError(field, f"lists {len(items):,} turns; an example may have at most {MAX_TURNS} "
+                       f"(and a row may list at most {MAX_LISTED_TURNS:,} before tool turns are merged)",
+                       "split the conversation into several examples")
 
 
 def has_tools(tools: object) -> bool:
