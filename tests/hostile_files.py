@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.limits import (MAX_IMPORT_BYTES, MAX_IMPORT_ROWS, MAX_JSON_DEPTH, MAX_MESSAGE_CHARS, MAX_NUMBER_DIGITS,
-                            MAX_TABLE_COLUMNS, MAX_XLSX_ROWS, MAX_XLSX_UNPACKED_BYTES)
+from storage.limits import (MAX_IMPORT_BYTES, MAX_IMPORT_ROWS, MAX_JSON_DEPTH, MAX_JSON_VALUES, MAX_MESSAGE_CHARS,
+                            MAX_NUMBER_DIGITS, MAX_TABLE_COLUMNS, MAX_XLSX_ROWS, MAX_XLSX_UNPACKED_BYTES)
 
 INVISIBLE = "\u200b\u2060\ufeff\u200e\u200f\u202a\u202e\u2066\u00ad"  # zero-width, BOM, bidi marks, soft hyphen
 ROOM = MAX_IMPORT_BYTES - 4096  # a file "at the limit": as large as the import takes, with room for the rest
@@ -319,8 +319,11 @@ CASES = [
     Case("json: brackets in every string", brackets_in_strings_json, 2_000, MAX_IMPORT_ROWS, 0, ("Imported",), "rows"),
     Case("json: an unclosed string of escaped quotes", escaped_quotes_json, 1_000_000, ROOM // 2, 1,
          ("not valid JSON",)),
-    Case("json: 20k keys in one row", many_keys_json, 20_000, ROOM // 17, 0, ("Imported 1",), "keys"),
-    Case("sharegpt: 20k turns", many_turns_sharegpt, 20_000, ROOM // 40, 1, ("lists", "at most 64"), "turns"),
+    Case("json: keys in one row, up to the value limit", many_keys_json, 20_000, MAX_JSON_VALUES - 10, 0,
+         ("Imported 1",), "keys"),
+    Case("json: keys in one row, over the value limit", many_keys_json, MAX_JSON_VALUES, ROOM // 17, 1,
+         (f"holds more than {MAX_JSON_VALUES:,} values",), "keys"),
+    Case("sharegpt: 20k turns", many_turns_sharegpt, 20_000, MAX_JSON_VALUES // 4, 1, ("lists", "at most 64"), "turns"),
     # text that is not what it looks like
     Case("json: a lone surrogate", lone_surrogate_json, 10, MAX_MESSAGE_CHARS - 10, 1,
          ("lone UTF-16 surrogate", "row 1")),

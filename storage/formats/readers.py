@@ -180,7 +180,8 @@ def _json_error(path: Path, text: str, exc: json.JSONDecodeError) -> ImportForma
 
 def _limit_error(path: Path, exc: JsonLimitError, where: str | None = None) -> ImportFormatError:
     where = where or (f"line {exc.line}" if exc.line else "")
-    fix = json_limits.DEPTH_FIX if "nests" in exc.problem else json_limits.NUMBER_FIX
+    fix = (json_limits.DEPTH_FIX if "nests" in exc.problem else
+           json_limits.VALUES_FIX if "values" in exc.problem else json_limits.NUMBER_FIX)
     return ImportFormatError(f"{path.name}{' ' + where if where else ''} {exc.problem}. Fix: {fix}.")
 
 
@@ -191,7 +192,7 @@ def read_json(path: Path, text: str) -> list[Record]:
         return _json_array(path, text)
     if stripped.startswith("{"):
         try:
-            json_limits.check_depth(text)
+            json_limits.check_shape(text)
             value = json_limits.loads(text)
         except JsonLimitError as exc:
             if "\n" in text.strip() and _first_line_is_object(text):  # JSON Lines: each line is checked alone
@@ -211,7 +212,7 @@ def read_json(path: Path, text: str) -> list[Record]:
 def _first_line_is_object(text: str) -> bool:
     first = text.lstrip().split("\n", 1)[0]
     try:
-        json_limits.check_depth(first)
+        json_limits.check_shape(first)
         return isinstance(json_limits.loads(first), dict)
     except (json.JSONDecodeError, JsonLimitError):
         return False
@@ -220,7 +221,7 @@ def _first_line_is_object(text: str) -> bool:
 def _json_array(path: Path, text: str) -> list[Record]:
     """Walk the array element by element so each row knows the line it starts on."""
     try:
-        json_limits.check_depth(text)
+        json_limits.check_shape(text)
     except JsonLimitError as exc:
         raise _limit_error(path, exc) from None
     try:
@@ -280,7 +281,7 @@ def _walk_array(path: Path, text: str) -> list[Record]:
 def read_jsonl(path: Path, text: str) -> list[Record]:
     """One JSON object per line; a bad line is a row error, so the other lines still get checked."""
     try:
-        json_limits.check_depth(text, lines_apart=True)
+        json_limits.check_shape(text, lines_apart=True)
     except JsonLimitError as exc:
         raise _limit_error(path, exc) from None
     records = []
