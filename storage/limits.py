@@ -18,7 +18,7 @@ MAX_TABLE_COLUMNS = 1_000  # cells in one CSV/XLSX row
 MAX_XLSX_UNPACKED_BYTES = 160 * 1024 * 1024  # a workbook's parts once unzipped (a zip bomb stops here)
 MAX_XLSX_ROWS = 25_000  # sheet rows including empty ones: openpyxl reads about 10k a second (use CSV beyond)
 MAX_JSON_DEPTH = 64  # arrays/objects inside each other; a dataset row needs 4
-MAX_JSON_VALUES = 2_000_000  # entries and items in one JSON document (100,000 alpaca rows hold 300,000)
+MAX_JSON_VALUES = 1_500_000  # entries and items in one JSON document (100,000 alpaca rows hold 300,000)
 MAX_NUMBER_DIGITS = 100  # digits of one JSON integer (Python itself stops at 4,300, with a traceback)
 
 # Discord ids are stored as SQLite INTEGER, a signed 64-bit number; 0 and negatives are never ids.
