@@ -9,12 +9,14 @@ from guildtune.runtime import make_server
 from guildtune.settings import Settings
 from serving.prompting import guild_messages, guild_options
 from serving.protocol import ModelServerError
+from storage.conversation import is_blank
 from storage.db import Database
 
 
 async def ask_once(settings: Settings, guild_id: int, question: str, number: int | None, console: Console) -> int:
-    if not question.strip():
-        console.print("[red]error:[/red] the question is empty.")
+    if is_blank(question):
+        console.print("[red]error:[/red] the question is empty" + (" (only invisible characters)" if question.strip() else "")
+                      + ": ask something.")
         return 2
     db = await Database.open(settings.db_path)
     server = None

@@ -6,6 +6,8 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from guildtune.settings import Settings, SettingsError, load_settings
+from storage.limits import MAX_DISCORD_ID, MIN_DISCORD_ID
 
 app = typer.Typer(help="guildtune: a Discord bot that fine-tunes itself from its community.",
                   no_args_is_help=True, add_completion=False)
@@ -37,16 +40,55 @@ def settings_or_exit() -> Settings:
         raise fail(str(exc), 2) from None
 
 
+def _guild_id(value: int | None) -> int | None:
+    if value is not None and not MIN_DISCORD_ID <= value <= MAX_DISCORD_ID:
+        raise typer.BadParameter(
+            f"{value} is not a Discord server id: ids are whole numbers from {MIN_DISCORD_ID} to {MAX_DISCORD_ID}. "
+            "In Discord, turn on Developer Mode (User Settings > Advanced), right-click the server, Copy Server ID.")
+    return value
+
+
+def guild_option(help: str = "Discord guild (server) id."):
+    """The --guild option of every command: a Discord id, checked before anything is opened."""
+    return typer.Option(..., "--guild", "-g", help=help, callback=_guild_id)
+
+
+DB_SETTING_HINT = " (The path comes from GUILDTUNE_DB, or GUILDTUNE_DATA_DIR/guildtune.db; see .env.example.)"
+
+
 def run_async(coro) -> int:
     """Run a command's coroutine; errors meant for the user are printed without a traceback."""
+    from guildtune.runtime import ServiceError
     from serving.protocol import ModelServerError
+    from storage.db import DatabaseOpenError
     from trainer.base_model import BaseModelError
     from trainer.chat_template import ChatTemplateError
 
     try:
         return asyncio.run(coro)
-    except (ModelServerError, BaseModelError, ChatTemplateError) as exc:
+    except DatabaseOpenError as exc:
+        raise fail(f"{exc}{DB_SETTING_HINT}", 2) from None
+    except (ModelServerError, BaseModelError, ChatTemplateError, ServiceError) as exc:
         raise fail(str(exc)) from None
+
+
+def input_file(file: Path) -> Path:
+    """`file` if it is a regular file, else a usage error that says what it is instead."""
+    try:
+        mode = os.stat(file).st_mode
+    except FileNotFoundError:
+        raise fail(f"{_shown(file)} does not exist: check the path.", 2) from None
+    except OSError as exc:  # a name too long, a loop of links, no permission on a folder
+        raise fail(f"{_shown(file)} cannot be opened ({exc.strerror or exc}).", 2) from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device or a pipe)"
+        raise fail(f"{file} is {what}: give the path of a file.", 2)
+    return file
+
+
+def _shown(path: Path, limit: int = 120) -> str:
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:60]}…{text[-40:]} ({len(text):,} characters)"
 
 
 async def open_db(settings: Settings):
@@ -60,7 +102,7 @@ async def open_db(settings: Settings):
 @dataset_app.command("import")
 def dataset_import(
     file: Path = typer.Argument(..., help="JSON, JSONL, CSV, XLSX or TXT file to import."),
-    guild: int = typer.Option(..., "--guild", "-g", help="Discord guild (server) id the examples belong to."),
+    guild: int = guild_option("Discord guild (server) id the examples belong to."),
     approve: bool = typer.Option(False, "--approve", help="Import as approved (a moderator's import); default pending."),
     format: Optional[str] = typer.Option(None, "--format", "-f", help="Force a format instead of detecting it."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows (each reported) instead of importing nothing."),
@@ -80,8 +122,7 @@ def dataset_import(
         if not sep or not key.strip() or not value.strip():
             raise fail(f"--column {item!r} must look like field=Column Name (e.g. prompt=Question).", 2)
         column_map[key.strip()] = value.strip()
-    if not file.is_file():
-        raise fail(f"{file} does not exist or is not a file.", 2)
+    input_file(file)
     try:
         result = parse_file(file, format, column_map=column_map or None, keep_tool_turns=keep_tool_turns,
                             skip_invalid=skip_invalid)
@@ -106,7 +147,7 @@ def dataset_import(
         finally:
             await db.close()
 
-    added = asyncio.run(write())
+    added = run_async(write())
     status = "approved" if approve else "pending"
     console.print(result.summary(), highlight=False, markup=False)
     console.print(f"Imported {added.created} example(s) as {status} into guild {guild}; "
@@ -120,7 +161,7 @@ def dataset_import(
 
 @dataset_app.command("export")
 def dataset_export(
-    guild: int = typer.Option(..., "--guild", "-g", help="Guild id."),
+    guild: int = guild_option(),
     format: str = typer.Option("messages", "--format", "-f", help="messages (JSONL, what TRL reads), alpaca or sharegpt."),
     status: str = typer.Option("approved", "--status", "-s", help="Which examples: pending, approved, rejected or all."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write; stdout when left out."),
@@ -142,17 +183,21 @@ def dataset_export(
         finally:
             await db.close()
 
-    conversations = asyncio.run(read())
+    conversations = run_async(read())
     text = export_conversations(conversations, format)
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"{_shown(output)} cannot be written ({exc.strerror or exc}): give a file path in a folder "
+                       "you can write to.") from None
         console.print(f"Wrote {len(conversations)} conversation(s) to {output}.", highlight=False)
 
 
 @dataset_app.command("stats")
-def dataset_stats(guild: int = typer.Option(..., "--guild", "-g", help="Guild id.")) -> None:
+def dataset_stats(guild: int = guild_option()) -> None:
     """Count a guild's examples by status and by source."""
     settings = settings_or_exit()
 
@@ -163,7 +208,7 @@ def dataset_stats(guild: int = typer.Option(..., "--guild", "-g", help="Guild id
         finally:
             await db.close()
 
-    stats = asyncio.run(read())
+    stats = run_async(read())
     out = Console()
     for title, counts in (("status", stats["status"]), ("source", stats["source"])):
         table = Table(title=f"Examples of guild {guild} by {title}", min_width=44)
@@ -220,7 +265,7 @@ def trainer() -> None:
 
 
 @app.command()
-def train(guild: int = typer.Option(..., "--guild", "-g", help="Guild id to train now.")) -> None:
+def train(guild: int = guild_option("Guild id to train now.")) -> None:
     """Train a new version for one guild now, with a progress bar; publish and activate it if it passes the gate."""
     from guildtune.train_command import train_now
 
@@ -231,8 +276,9 @@ def train(guild: int = typer.Option(..., "--guild", "-g", help="Guild id to trai
 @app.command()
 def ask(
     question: str = typer.Argument(..., help="The question to ask."),
-    guild: int = typer.Option(..., "--guild", "-g", help="Guild id whose model answers."),
-    version: Optional[int] = typer.Option(None, "--version", "-v", help="Ask this version number instead of the active one."),
+    guild: int = guild_option("Guild id whose model answers."),
+    version: Optional[int] = typer.Option(None, "--version", "-v", min=1, max=MAX_DISCORD_ID,
+                                          help="Ask this version number instead of the active one."),
 ) -> None:
     """Answer a question from a guild's model through the configured server (streams to the terminal)."""
     from guildtune.ask_command import ask_once
@@ -244,7 +290,7 @@ def ask(
 @app.command()
 def demo(
     data_dir: Path = typer.Option(Path("./data/demo"), help="Where the demo keeps its database and versions."),
-    steps: int = typer.Option(45, help="Optimizer steps (45 learn the 20 facts; 4-6 s each on a 2-core CPU)."),
+    steps: int = typer.Option(45, min=1, help="Optimizer steps (45 learn the 20 facts; 4-6 s each on a 2-core CPU)."),
 ) -> None:
     """The whole loop offline: base answers, training on invented community facts, swap, new answers."""
     from guildtune.demo import run_demo
@@ -256,9 +302,9 @@ def demo(
 def estimate(
     model: str = typer.Argument(..., help="Hugging Face folder, cached id, or 'embedded:gemma-3-270m'."),
     method: str = typer.Option("lora", help="full, lora or qlora."),
-    seq_len: int = typer.Option(1024, help="Sequence length in tokens."),
-    batch: int = typer.Option(8, help="Micro-batch size."),
-    lora_r: int = typer.Option(16, help="LoRA rank."),
+    seq_len: int = typer.Option(1024, min=1, help="Sequence length in tokens."),
+    batch: int = typer.Option(8, min=1, help="Micro-batch size."),
+    lora_r: int = typer.Option(16, min=1, help="LoRA rank."),
     gradient_checkpointing: bool = typer.Option(True, help="Whether activations are recomputed."),
 ) -> None:
     """Estimate GPU memory for training: weights, gradients, optimizer, activations, total."""

@@ -11,6 +11,11 @@ from storage.db import Database
 
 log = logging.getLogger("guildtune")
 
+
+class ServiceError(Exception):
+    """A service cannot run; the message says why and what to do, and never holds the token."""
+
+
 TOKEN_HELP = """DISCORD_TOKEN is not set, so the bot cannot log in.
 
 To get one:
@@ -28,10 +33,15 @@ INTENT_HELP = ("Discord refused the MESSAGE CONTENT intent: enable it in the Dev
                "(your application > Bot > Privileged Gateway Intents > MESSAGE CONTENT INTENT). "
                "Running without it for now: /teach and /ask work; the 📚 reaction capture cannot read messages.")
 
+DISCORD_UNREACHABLE = ("Discord cannot be reached ({reason}), so the bot cannot log in. Check this machine's "
+                       "network connection, DNS and any proxy or firewall, then start it again.")
+
 
 def setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("discord.http").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters (example texts, user ids) at DEBUG: only on request.
+    logging.getLogger("aiosqlite").setLevel(logging.DEBUG if settings.log_sql else logging.INFO)
 
 
 def base_model_dir(settings: Settings) -> str:
@@ -72,6 +82,7 @@ async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: as
     start converts the embedded GGUF, a minute or more) and handed to the bot's tracker when it
     is ready, so members get "warming up" from /ask instead of an offline bot. The trainer starts
     once the server is there. A server that cannot be made stops everything with its error."""
+    import aiohttp
     import discord
 
     from bot.bot import GuildtuneBot
@@ -114,6 +125,10 @@ async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: as
                     log.error("Discord rejected DISCORD_TOKEN (it may have been reset). Create a new token "
                               "under Bot > Reset Token and put it in .env.")
                     stop.set()
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                    # Only the first login gets here: once connected, discord.py reconnects by itself.
+                    reason = (str(exc) or type(exc).__name__).replace(token, "<token>")
+                    raise ServiceError(DISCORD_UNREACHABLE.format(reason=reason)) from None
 
             tasks.append(asyncio.create_task(run_bot(), name="bot"))
         stopper = asyncio.create_task(stop.wait())

@@ -9,10 +9,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from urllib.parse import urlsplit
+
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.limits import MAX_DISCORD_ID, MIN_DISCORD_ID
+
 EMBEDDED_BASE_MODEL = "embedded:gemma-3-270m"
+ENV_FILE = ".env"
 
 
 class SettingsError(Exception):
@@ -20,7 +25,7 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True,
+    model_config = SettingsConfigDict(env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True,
                                       populate_by_name=True)
 
     discord_token: SecretStr | None = Field(None, alias="DISCORD_TOKEN")
@@ -59,8 +64,9 @@ class Settings(BaseSettings):
     memory_cap_gib: float | None = Field(None, alias="GUILDTUNE_MEMORY_CAP_GIB", gt=0)
     #: "auto" (every visible GPU; 1 process without CUDA) or a number of training processes (trainer/launch.py)
     train_gpus: str = Field("auto", alias="GUILDTUNE_TRAIN_GPUS")
-    dev_guild_id: int | None = Field(None, alias="GUILDTUNE_DEV_GUILD")
+    dev_guild_id: int | None = Field(None, alias="GUILDTUNE_DEV_GUILD", ge=MIN_DISCORD_ID, le=MAX_DISCORD_ID)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="GUILDTUNE_LOG_LEVEL")
+    log_sql: bool = Field(False, alias="GUILDTUNE_LOG_SQL")
 
     @field_validator("vllm_base_url")
     @classmethod
@@ -72,6 +78,13 @@ class Settings(BaseSettings):
     def _host_has_scheme(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             value = "http://" + value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (parses the port: raises on "http://h:x" or "http://[::1")
+        except ValueError as exc:
+            raise ValueError(f"not a URL ({exc}); write it like http://127.0.0.1:11434") from None
+        if not parts.hostname:
+            raise ValueError("has no host name; write it like http://127.0.0.1:11434")
         return value.rstrip("/")
 
     @field_validator("train_config")
@@ -135,6 +148,12 @@ def load_settings(**overrides) -> Settings:
     """Read the environment/.env; on a bad value raise SettingsError naming every bad variable."""
     try:
         return Settings(**overrides)
+    except UnicodeDecodeError as exc:  # only the .env file is decoded here; the environment is text already
+        raise SettingsError(f"{ENV_FILE} is not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at byte offset "
+                            f"{exc.start}). Re-save it as UTF-8, or convert it: "
+                            f"`iconv -f cp1252 -t utf-8 {ENV_FILE} > {ENV_FILE}.utf8 && mv {ENV_FILE}.utf8 {ENV_FILE}`.") from None
+    except OSError as exc:
+        raise SettingsError(f"{ENV_FILE} cannot be read ({exc.strerror or exc}).") from None
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         raise SettingsError("Invalid settings:\n  " + "\n  ".join(lines) +

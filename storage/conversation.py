@@ -1,15 +1,23 @@
 """Checking and fingerprinting conversations before they become examples."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
+import sys
 import unicodedata
 
+from storage.limits import MAX_MESSAGE_CHARS, MAX_TURNS
 from storage.records import Conversation
 
-MAX_MESSAGE_CHARS = 8_000
-MAX_TURNS = 64
+__all__ = ["MAX_MESSAGE_CHARS", "MAX_TURNS", "ROLES", "InvalidConversation", "content_hash", "is_blank",
+           "surrogate_problem", "validate_conversation"]
+
 ROLES = ("system", "user", "assistant")
+# Letters that render as nothing although Unicode files them as letters or symbols (Discord's favourite
+# "invisible name" characters); with the format (Cf) and control (Cc) characters they make text look empty.
+_BLANK_LOOKALIKES = "\u034f\u115f\u1160\u2800\u3164\uffa0"
 
 
 class InvalidConversation(ValueError):
@@ -25,6 +33,10 @@ def validate_conversation(messages: object) -> Conversation:
     """
     if not isinstance(messages, list) or not messages:
         raise InvalidConversation("The conversation is empty: give at least a prompt and a response.")
+    system_first = isinstance(messages[0], dict) and messages[0].get("role") == "system"
+    if len(messages) - system_first > MAX_TURNS:  # before any per-message work: the count alone decides
+        raise InvalidConversation(f"An example may have at most {MAX_TURNS} turns; this one has "
+                                  f"{len(messages) - system_first}.")
     clean: Conversation = []
     for i, msg in enumerate(messages, 1):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
@@ -35,14 +47,18 @@ def validate_conversation(messages: object) -> Conversation:
         if not isinstance(content, str):
             raise InvalidConversation(f"Message {i} ({role}) must be text, not {type(content).__name__}.")
         content = content.strip()
-        if not content:
-            what = {"user": "prompt", "assistant": "response", "system": "system prompt"}[role]
-            raise InvalidConversation(f"The {what} (message {i}) is empty: write some text or leave it out.")
+        what = {"user": "prompt", "assistant": "response", "system": "system prompt"}[role]
+        if is_blank(content):
+            invisible = " (only invisible characters such as zero-width spaces)" if content else ""
+            raise InvalidConversation(f"The {what} (message {i}) is empty{invisible}: write some text or leave it out.")
         if len(content) > MAX_MESSAGE_CHARS:
             raise InvalidConversation(
                 f"Message {i} ({role}) is {len(content):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. "
                 "Shorten it or split it into several examples."
             )
+        surrogate = surrogate_problem(content)
+        if surrogate:
+            raise InvalidConversation(f"The {what} (message {i}) {surrogate}.")
         clean.append({"role": role, "content": content})
     turns = clean[1:] if clean[0]["role"] == "system" else clean
     if any(m["role"] == "system" for m in turns):
@@ -60,6 +76,36 @@ def validate_conversation(messages: object) -> Conversation:
     if turns[-1]["role"] != "assistant":
         raise InvalidConversation("The last turn must be the assistant's response.")
     return clean
+
+
+@functools.cache
+def _blank_text() -> re.Pattern[str]:
+    """Text made only of whitespace and characters that show nothing; built once, when first needed."""
+    invisible = "".join(chr(c) for c in range(sys.maxunicode + 1)
+                        if unicodedata.category(chr(c)) in ("Cf", "Cc"))
+    return re.compile(f"[\\s{re.escape(invisible)}{_BLANK_LOOKALIKES}]*+")
+
+
+def is_blank(text: str) -> bool:
+    """True for text a reader would see as empty: whitespace, zero-width and direction marks (U+200B,
+    U+2060, U+FEFF, U+200E, ...), other format and control characters. Linear in the text's length."""
+    stripped = text.strip()
+    if not stripped:
+        return True
+    if unicodedata.category(stripped[0]) not in ("Cf", "Cc") and stripped[0] not in _BLANK_LOOKALIKES:
+        return False  # the usual case, decided by the first character
+    return _blank_text().fullmatch(stripped) is not None
+
+
+def surrogate_problem(text: str) -> str | None:
+    """What is wrong with a lone UTF-16 surrogate (e.g. a JSON "\\ud800" escape), or None: such text cannot
+    be stored or shown."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start + 1}, which "
+                "is not a character; fix the \\u escape in the source (a surrogate needs its pair) or remove it")
+    return None
 
 
 def _normalise(text: str) -> str:

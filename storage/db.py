@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
+import stat
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -16,6 +18,11 @@ import aiosqlite
 
 MIGRATION_NAME = re.compile(r"^V(\d+)__([a-z0-9_]+)\.sql$")
 BUSY_TIMEOUT_MS = 30_000
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class DatabaseOpenError(Exception):
+    """The database file cannot be used; the message names the path, why, and what to do."""
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -56,18 +63,32 @@ class Database:
 
     @classmethod
     async def open(cls, path: str | Path, *, migrate_to: int | None = None) -> "Database":
-        """Open (creating if needed) and migrate to `migrate_to` (default: latest)."""
+        """Open (creating if needed) and migrate to `migrate_to` (default: latest).
+
+        A path that cannot hold the database (a folder, a device, another program's file, a read-only
+        place) raises DatabaseOpenError before anything is written; a file that is not SQLite is never touched.
+        """
         path = str(path)
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        db = cls(conn, path)
-        await db.migrate(migrate_to)
+            check_database_path(Path(path))
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            await asyncio.sleep(0.1)  # aiosqlite stops its thread itself: let it finish while the loop runs
+            raise DatabaseOpenError(_unusable(path, exc)) from None
+        try:  # the connection's thread must be closed on any failure, or the process never exits
+            conn.row_factory = aiosqlite.Row
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            db = cls(conn, path)
+            await db.migrate(migrate_to)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise DatabaseOpenError(_unusable(path, exc)) from None
+            raise
         return db
 
     async def close(self) -> None:
@@ -115,6 +136,54 @@ class Database:
     async def fetchall(self, sql: str, params: tuple = ()) -> list[aiosqlite.Row]:
         async with self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
+
+
+def check_database_path(path: Path) -> None:
+    """Refuse, with the reason, a path where the database cannot live; create its folder if needed."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise DatabaseOpenError(f"The database path {path} cannot be used ({exc.strerror or exc}).") from None
+    if info is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseOpenError(f"The folder for the database {path} cannot be created ({exc.strerror or exc}): "
+                                    "give a path in a folder you can write to.") from None
+        try:
+            path.open("ab").close()  # what SQLite would do first; here the reason can still be named
+        except OSError as exc:
+            raise DatabaseOpenError(f"The database {path} cannot be created ({exc.strerror or exc}): "
+                                    "give a path in a folder you can write to.") from None
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise DatabaseOpenError(f"The database path {path} is a folder: give a file path, e.g. {path / 'guildtune.db'}.")
+    if not stat.S_ISREG(info.st_mode):
+        raise DatabaseOpenError(f"The database path {path} is not a regular file (a device or a pipe): give the path "
+                                "of a file, e.g. ./data/guildtune.db.")
+    try:
+        with path.open("rb") as stream:
+            header = stream.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise DatabaseOpenError(f"The database {path} cannot be read ({exc.strerror or exc}).") from None
+    if header and header != SQLITE_HEADER[:len(header)]:
+        raise DatabaseOpenError(f"{path} is not a SQLite database (it holds something else), so it was left as it is: "
+                                "give the path of guildtune's database, or of a new file.")
+
+
+def _unusable(path: str, exc: sqlite3.Error) -> str:
+    reason = str(exc)
+    if "readonly" in reason or "read-only" in reason:
+        fix = "it is read-only: make it (and its folder) writable, or give another path"
+    elif "not a database" in reason or "malformed" in reason:
+        fix = "it is not a guildtune database, or it is damaged: give another path (keep this file for recovery)"
+    elif "unable to open" in reason:
+        fix = "the file cannot be created or opened there: give a path in a folder you can write to"
+    else:
+        fix = "give a path in a folder you can write to"
+    return f"The database {path} cannot be used ({reason}): {fix}."
 
 
 def _split_sql(sql: str) -> list[str]:

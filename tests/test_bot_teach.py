@@ -102,6 +102,34 @@ async def test_teach_option_length_is_limited_by_discord(world):
     assert all(f["max_length"] == 4000 for f in modal_fields(rec).values())
 
 
+async def test_teach_prompt_of_only_invisible_characters_is_refused(world):
+    invisible = "\u200b\u2060\ufeff\u200e\u200f\u202e"
+    rec = await world.fake.slash(world.guild, world.channel, world.member, "teach",
+                                 {"prompt": invisible, "response": "Something."})
+    assert rec.ephemeral and rec.text.startswith("Not saved:")
+    assert "prompt" in rec.text and "invisible" in rec.text
+    form = await world.fake.slash(world.guild, world.channel, world.member, "teach")
+    done = await world.fake.submit_modal(form, {"prompt": "Fine question?", "response": "\u200b \u2060"})
+    assert done.text.startswith("Not saved:") and "response" in done.text
+    assert await world.examples() == []
+
+
+async def test_teach_long_response_option_is_kept_whole_and_the_form_asks_only_the_rest(world):
+    long_response = ("Step one: read the pinned rules. " * 200)[:5994]
+    rec = await world.fake.slash(world.guild, world.channel, world.member, "teach", {"response": long_response})
+    fields = modal_fields(rec)
+    assert "response" not in fields  # not cut to 4,000 in a form field: left out of the form
+    assert set(fields) == {"prompt", "system"}
+    assert "response kept as typed" in fields["prompt"]["label"]
+    assert "5,994 characters" in fields["prompt"]["placeholder"]
+    done = await world.fake.submit_modal(rec, {"prompt": "How do I start?"})
+    assert "example #1" in done.text
+    [example] = await world.examples()
+    assert example.messages == [{"role": "user", "content": "How do I start?"},
+                                {"role": "assistant", "content": long_response.strip()}]
+    assert len(example.messages[1]["content"]) == len(long_response.strip()) > 4000
+
+
 async def test_teach_without_options_opens_a_multiline_modal(world):
     rec = await world.fake.slash(world.guild, world.channel, world.member, "teach")
     assert rec.response.is_modal

@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot.contributions import contribute
 from bot.formatting import NO_MENTIONS, shorten
+from storage.conversation import is_blank
 from storage.records import Conversation
 
 if TYPE_CHECKING:
@@ -33,27 +34,46 @@ MISSING_INTENT_HELP = (
 )
 
 
+TEACH_FIELDS = (  # custom_id, label, required
+    ("prompt", "Prompt (what a member asks)", True),
+    ("response", "Response (what the bot should answer)", True),
+    ("system", "System prompt (optional)", False),
+)
+
+
 class TeachModal(discord.ui.Modal):
-    """The multi-line form behind `/teach` (also pre-filled with whatever options were given)."""
+    """The multi-line form behind `/teach` (also pre-filled with whatever options were given).
+
+    A form field holds at most MODAL_TEXT_LIMIT characters while a command option holds up to 6,000: text
+    given with the command that does not fit is kept exactly as typed and left out of the form (its first
+    field says so), rather than cut to fit.
+    """
 
     def __init__(self, cog: "TeachCog", prompt: str | None, response: str | None, system: str | None):
         super().__init__(title="Teach the bot", timeout=900)
         self.cog = cog
-        self.prompt = discord.ui.TextInput(
-            label="Prompt (what a member asks)", style=discord.TextStyle.paragraph, custom_id="prompt",
-            default=(prompt or "")[:MODAL_TEXT_LIMIT] or None, max_length=MODAL_TEXT_LIMIT)
-        self.response = discord.ui.TextInput(
-            label="Response (what the bot should answer)", style=discord.TextStyle.paragraph,
-            custom_id="response", default=(response or "")[:MODAL_TEXT_LIMIT] or None,
-            max_length=MODAL_TEXT_LIMIT)
-        self.system = discord.ui.TextInput(
-            label="System prompt (optional)", style=discord.TextStyle.paragraph, custom_id="system",
-            required=False, default=(system or "")[:MODAL_TEXT_LIMIT] or None, max_length=MODAL_TEXT_LIMIT)
-        for item in (self.prompt, self.response, self.system):
-            self.add_item(item)
+        given = {"prompt": prompt, "response": response, "system": system}
+        self.kept = {name: text for name, text in given.items() if text and len(text) > MODAL_TEXT_LIMIT}
+        self.fields: dict[str, discord.ui.TextInput] = {}
+        for name, label, required in TEACH_FIELDS:
+            if name in self.kept:
+                continue
+            placeholder = None
+            if self.kept and not self.fields:
+                kept = ", ".join(self.kept)
+                label = shorten(f"{label.split(' (')[0]} ({kept} kept as typed)", 45)
+                placeholder = shorten(" ".join(f"Your {n} ({len(t):,} characters) is kept exactly as typed."
+                                               for n, t in self.kept.items()), 100)
+            self.fields[name] = discord.ui.TextInput(
+                label=label, style=discord.TextStyle.paragraph, custom_id=name, required=required,
+                default=given[name] or None, max_length=MODAL_TEXT_LIMIT, placeholder=placeholder)
+            self.add_item(self.fields[name])
+
+    def text(self, name: str) -> str:
+        return self.kept[name] if name in self.kept else self.fields[name].value
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await self.cog.save_taught(interaction, self.prompt.value, self.response.value, self.system.value)
+        await self.cog.save_taught(interaction, self.text("prompt"), self.text("response"), self.text("system"))
 
 
 class TeachAsAnswerModal(discord.ui.Modal):
@@ -113,7 +133,7 @@ class TeachCog(commands.Cog):
     async def save_taught(self, interaction: discord.Interaction, prompt: str, response: str,
                           system: str | None) -> None:
         messages: Conversation = []
-        if system and system.strip():
+        if system and not is_blank(system):
             messages.append({"role": "system", "content": system})
         messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         result = await contribute(self.bot, interaction.guild_id, interaction.user, messages, source="teach",

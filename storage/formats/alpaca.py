@@ -5,7 +5,7 @@ The input is appended to the instruction after a blank line; history pairs becom
 from __future__ import annotations
 
 from storage.formats.errors import RowError, type_name
-from storage.formats.turns import Turn, text_field, to_conversation as checked
+from storage.formats.turns import Turn, check_listed_turns, text_field, to_conversation as checked
 from storage.records import Conversation
 
 
@@ -22,6 +22,7 @@ def to_conversation(row: dict) -> Conversation:
     if not isinstance(history, list):
         raise RowError("history", f"should be a list of [question, answer] pairs but is {type_name(history)}",
                        'write it like [["earlier question", "earlier answer"]], or remove it')
+    check_listed_turns(history, "history")
     for i, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise RowError(f"history[{i}]", "should be a [question, answer] pair",

@@ -9,14 +9,15 @@ from __future__ import annotations
 import re
 
 from storage.formats.errors import RowError
-from storage.formats.readers import Record
+from storage.formats.readers import LineIndex, Record, check_row_count
 from storage.formats.turns import Turn, text_field
 from storage.formats.turns import to_conversation as checked
 from storage.records import Conversation
 
-MARKER = re.compile(r"###\s*(Human|Assistant|System)\s*:", re.IGNORECASE)
+MARKER = re.compile(r"###\s*+(Human|Assistant|System)\s*+:", re.IGNORECASE)
 SPEAKERS = {"human": "user", "assistant": "assistant", "system": "system"}
-_CONVERSATION_START = re.compile(r"\n[ \t]*\n\s*(?=###\s*(?:Human|System)\s*:)", re.IGNORECASE)
+_BLANK_LINE = re.compile(r"\n[ \t]*+\n")
+_TRAILING_SPACE = re.compile(r"\s*+")
 
 
 def matches(row: dict) -> bool:
@@ -45,14 +46,28 @@ def to_conversation(row: dict) -> Conversation:
     return text_to_conversation(text_field(row.get("text"), "text"))
 
 
-def read_txt(text: str) -> list[Record]:
+def _conversation_starts(text: str) -> list[int]:
+    """Offsets of the "### Human:"/"### System:" markers that follow a blank line. The whitespace before
+    each marker is scanned backwards only as far as the previous marker, so the work stays linear."""
+    starts, previous_end = [], 0
+    for marker in MARKER.finditer(text):
+        if marker.group(1).lower() != "assistant":
+            gap = text[previous_end:marker.start()][::-1]
+            space = gap[:_TRAILING_SPACE.match(gap).end()][::-1]  # the whitespace right before the marker
+            if _BLANK_LINE.search(space):
+                starts.append(marker.start())
+        previous_end = marker.end()
+    return starts
+
+
+def read_txt(text: str, where: str = "the file") -> list[Record]:
     """Split a .txt file into conversations; each record's location is the line it starts on."""
-    records, start = [], 0
-    breaks = [m.end() for m in _CONVERSATION_START.finditer(text)]
-    for end in breaks + [len(text)]:
+    records, start, lines = [], 0, LineIndex(text)
+    for end in _conversation_starts(text) + [len(text)]:
         block = text[start:end]
         if block.strip():
-            line = text.count("\n", 0, start + len(block) - len(block.lstrip())) + 1
+            check_row_count(where, len(records) + 1)
+            line = lines.line(start + len(block) - len(block.lstrip()))
             records.append(Record(f"conversation {len(records) + 1} (line {line})", {"text": block}))
         start = end
     return records

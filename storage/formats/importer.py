@@ -96,7 +96,7 @@ def _read(path: Path, format: str | None) -> tuple[str, list[str], list[readers.
         header, records = readers.read_csv(path, text)
         return container, header, records, warnings
     if container == "txt" and not text.lstrip().startswith(("[", "{")):
-        return "txt", [], guanaco.read_txt(text), warnings
+        return "txt", [], guanaco.read_txt(text, path.name), warnings
     records = readers.read_jsonl(path, text) if container == "jsonl" else readers.read_json(path, text)
     readers.require_objects(records)
     return "json", [], records, warnings

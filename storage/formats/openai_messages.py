@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 from storage.formats.errors import RowError, SkipRow, type_name
-from storage.formats.turns import (TOOL_CALL, TOOL_RESULT, TOOL_SKIP_REASON, Turn, fold_tool_turns, has_tools,
-                                   text_field, with_tool_listing)
+from storage.formats.turns import (TOOL_CALL, TOOL_RESULT, TOOL_SKIP_REASON, Turn, check_listed_turns,
+                                   fold_tool_turns, has_tools, text_field, with_tool_listing)
 from storage.formats.turns import to_conversation as checked
 from storage.records import Conversation
 
@@ -42,6 +42,7 @@ def to_conversation(row: dict, *, keep_tool_turns: bool = False) -> Conversation
         problem = "is missing" if messages is None else ("is empty" if messages == [] else f"is {type_name(messages)}")
         raise RowError("messages", f"{problem}; it should be a list of messages",
                        'write [{"role": "user", "content": "…"}, {"role": "assistant", "content": "…"}]')
+    check_listed_turns(messages, "messages")
     turns = []
     for i, message in enumerate(messages):
         field = f"messages[{i}]"

@@ -6,8 +6,8 @@ prompt. Rows with tools (a `tools` field, function_call/observation turns) are s
 from __future__ import annotations
 
 from storage.formats.errors import RowError, SkipRow, type_name
-from storage.formats.turns import (TOOL_CALL, TOOL_RESULT, TOOL_SKIP_REASON, Turn, fold_tool_turns, has_tools,
-                                   text_field, with_tool_listing)
+from storage.formats.turns import (TOOL_CALL, TOOL_RESULT, TOOL_SKIP_REASON, Turn, check_listed_turns,
+                                   fold_tool_turns, has_tools, text_field, with_tool_listing)
 from storage.formats.turns import to_conversation as checked
 from storage.records import Conversation
 
@@ -32,6 +32,7 @@ def to_conversation(row: dict, *, keep_tool_turns: bool = False) -> Conversation
         problem = "is missing" if items is None else ("is empty" if items == [] else f"is {type_name(items)}")
         raise RowError(key, f"{problem}; it should be a list of turns", 'write [{"from": "human", "value": "…"}, '
                        '{"from": "gpt", "value": "…"}]')
+    check_listed_turns(items, key)
     turns = []
     system = text_field(row.get("system"), "system", required=False)
     if system:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from storage.conversation import is_blank
 from storage.formats.errors import KEEP_TOOL_TURNS_HINT, RowError, SkipRow, type_name
+from storage.limits import MAX_LISTED_TURNS, MAX_TURNS
 from storage.records import Conversation
 
 ROLES = ("system", "user", "assistant")
@@ -29,14 +31,26 @@ class Turn:
 
 def text_field(value: object, field: str, *, required: bool = True) -> str:
     """`value` as text, or a RowError naming `field`. Missing optional fields give ""."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and is_blank(value)):
         if required:
-            missing = "is missing" if value is None else "is empty"
+            missing = "is missing" if value is None else "is empty" + _invisible(value)
             raise RowError(field, missing, f'put the text in "{field}", or delete the row')
         return ""
     if not isinstance(value, str):
         raise RowError(field, f"should be text but is {type_name(value)}", "write it as a JSON string in quotes")
     return value
+
+
+def _invisible(blank: str) -> str:
+    return " (it holds only invisible characters, such as zero-width spaces)" if blank.strip() else ""
+
+
+def check_listed_turns(items: list, field: str) -> None:
+    """Refuse a row listing more turns than could ever make one example, before any is converted."""
+    if len(items) > MAX_LISTED_TURNS:
+        raise RowError(field, f"lists {len(items):,} turns; an example may have at most {MAX_TURNS} "
+                       f"(and a row may list at most {MAX_LISTED_TURNS:,} before tool turns are merged)",
+                       "split the conversation into several examples")
 
 
 def has_tools(tools: object) -> bool:
@@ -93,8 +107,9 @@ def to_conversation(turns: list[Turn]) -> Conversation:
     for turn in turns:
         if turn.role not in ROLES:
             raise RowError(turn.field, f"has role {turn.role!r}", f"use one of {', '.join(ROLES)}")
-        if not turn.content.strip():
-            raise RowError(turn.field, f"is an empty {turn.role} message", "write some text, or remove that message")
+        if is_blank(turn.content):
+            raise RowError(turn.field, f"is an empty {turn.role} message{_invisible(turn.content)}",
+                           "write some text, or remove that message")
     body = turns[1:] if turns[0].role == "system" else turns
     for i, turn in enumerate(body):
         expected = "user" if i % 2 == 0 else "assistant"
