@@ -41,10 +41,9 @@ class RunRepository:
                 (guild_id,))
             created = row is None
             if created:
-                cur = await conn.execute(
+                row = await conn.fetchone(
                     "INSERT INTO training_runs (guild_id, status, trigger, requested_by, created_at)"
-                    " VALUES (?, 'queued', ?, ?, ?)", (guild_id, trigger, requested_by, time.time()))
-                row = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (cur.lastrowid,))
+                    " VALUES (?, 'queued', ?, ?, ?) RETURNING *", (guild_id, trigger, requested_by, time.time()))
         run = _row_to_run(row)
         return run, await self.queue_position(run), created
 
@@ -57,16 +56,16 @@ class RunRepository:
         return int(row["n"])
 
     async def claim_next(self) -> TrainingRun | None:
-        """Move the oldest queued run to running; only one claimer can win it."""
+        """Move the oldest queued run to running; only one claimer can win it, on any host.
+
+        One conditional UPDATE: the write transaction already serialises claimers, and even a
+        concurrent one re-checks `status='queued'` on the row it waited for, so no run is taken twice."""
         async with self.db.transaction() as conn:
-            row = await self.db.fetchone("SELECT id FROM training_runs WHERE status='queued' ORDER BY id LIMIT 1")
-            if row is None:
-                return None
-            await conn.execute(
-                "UPDATE training_runs SET status='running', started_at=? WHERE id=? AND status='queued'",
-                (time.time(), row["id"]))
-            claimed = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (row["id"],))
-        return _row_to_run(claimed)
+            claimed = await conn.fetchone(
+                "UPDATE training_runs SET status='running', started_at=? WHERE status='queued' AND id="
+                "(SELECT id FROM training_runs WHERE status='queued' ORDER BY id LIMIT 1) RETURNING *",
+                (time.time(),))
+        return _row_to_run(claimed) if claimed else None
 
     async def claim(self, guild_id: int, run_id: int) -> TrainingRun | None:
         """Move this queued run to running (for `guildtune train`); None if someone else has it."""

@@ -18,3 +18,29 @@ async def standin():
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throw-away PostgreSQL server on loopback for the whole run (tests/postgres_cluster.py);
+    the PostgreSQL half of the storage tests is skipped, saying why, where none can start."""
+    from postgres_cluster import ClusterUnavailable, PostgresCluster
+
+    try:
+        cluster = PostgresCluster().start()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request, tmp_path):
+    """One empty database per test, on each engine: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "g.db")
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = await cluster.create_database()
+    yield url
+    await cluster.drop_database(url)
