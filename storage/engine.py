@@ -77,9 +77,10 @@ def parse_target(value: str | Path) -> DatabaseTarget:
         raise DatabaseTargetError(f"no database given: use {ALLOWED}.")
     lowered = text.lower()
     if lowered.startswith(POSTGRES_SCHEMES):
-        parts = urlsplit(text)
-        if not parts.hostname and "host=" not in parts.query:
-            raise DatabaseTargetError(f"{redact(text)} names no host: use {ALLOWED}.")
+        try:
+            urlsplit(text).port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise DatabaseTargetError(f"{redact(text)} has a port that is not a number: use {ALLOWED}.") from None
         return DatabaseTarget("postgresql", text)
     if lowered.startswith(SQLITE_SCHEMES):
         rest = text[len("sqlite://"):]
