@@ -181,6 +181,11 @@ def _rowcount(status: str) -> int:
 class Result:
     rowcount: int
 
+    @property
+    def lastrowid(self) -> int:
+        raise AttributeError("PostgreSQL has no lastrowid: write `INSERT … RETURNING id` and read the id "
+                             "with `fetchone` (both engines support it)")
+
 
 @dataclass(frozen=True)
 class Column:
@@ -205,6 +210,9 @@ class Session(ABC):
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
 
     @abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
     def stream(self, sql: str, batch: int = 1000) -> AsyncIterator[list[tuple]]:
         """The rows of a query in batches (for copying whole tables without holding them)."""
 
@@ -227,6 +235,9 @@ class SqliteSession(Session):
         async with self.conn.execute(sql, tuple(params)) as cur:
             return await cur.fetchone()
 
+    async def executemany(self, sql, rows):
+        await self.conn.executemany(sql, [tuple(r) for r in rows])
+
     async def fetchall(self, sql, params=()):
         async with self.conn.execute(sql, tuple(params)) as cur:
             return list(await cur.fetchall())
@@ -239,7 +250,7 @@ class SqliteSession(Session):
     async def insert_rows(self, table, columns, rows):
         names = ", ".join(f'"{c}"' for c in columns)
         marks = ", ".join("?" for _ in columns)
-        await self.conn.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', [tuple(r) for r in rows])
+        await self.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', rows)
 
 
 class PostgresSession(Session):
@@ -255,6 +266,9 @@ class PostgresSession(Session):
 
     async def fetchone(self, sql, params=()):
         return await self.conn.fetchrow(numbered_placeholders(sql), *params)
+
+    async def executemany(self, sql, rows):
+        await self.conn.executemany(numbered_placeholders(sql), [tuple(r) for r in rows])
 
     async def fetchall(self, sql, params=()):
         return list(await self.conn.fetch(numbered_placeholders(sql), *params))

@@ -151,3 +151,36 @@ async def test_unreachable_or_refused_postgres_is_explained_without_the_password
     with pytest.raises(DatabaseUnavailable, match="password authentication failed") as info:
         await Database.open(wrong)
     assert "hunter2" not in str(info.value)
+
+
+async def test_a_transaction_speaks_the_same_on_both_engines(db_url):
+    db = await Database.open(db_url)
+    try:
+        async with db.transaction() as tx:
+            await tx.executemany("INSERT INTO guild_settings (guild_id, data) VALUES (?, ?)",
+                                 [(g, '{"temperature": 0.5}') for g in (1, 2, 3)])
+            changed = await tx.execute("UPDATE guild_settings SET data='{}' WHERE guild_id IN (?, ?)", (1, 2))
+            assert changed.rowcount == 2
+            row = await tx.fetchone("INSERT INTO answers (guild_id, question, answer, latency_ms, created_at) "
+                                    "VALUES (?, 'q?', 'a', 1, 0) RETURNING id, question", (1,))
+            assert (row["id"], row[1]) == (1, "q?")
+            with pytest.raises(AttributeError, match="RETURNING id"):
+                changed.lastrowid  # noqa: B018
+        assert [r["data"] for r in await db.fetchall("SELECT data FROM guild_settings ORDER BY guild_id")] == \
+            ["{}", "{}", '{"temperature": 0.5}']
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as tx:
+                await tx.execute("DELETE FROM guild_settings")
+                raise RuntimeError("something failed half-way")
+        assert len(await db.fetchall("SELECT guild_id FROM guild_settings")) == 3  # rolled back
+    finally:
+        await db.close()
+
+
+def test_without_a_server_the_postgres_half_is_skipped_saying_how_to_install(monkeypatch):
+    import postgres_cluster
+
+    monkeypatch.setattr(postgres_cluster.shutil, "which", lambda name: None)
+    monkeypatch.setattr(postgres_cluster.glob, "glob", lambda pattern: [])
+    with pytest.raises(postgres_cluster.ClusterUnavailable, match="install_postgres.sh"):
+        postgres_cluster.server_bindir()
