@@ -199,3 +199,67 @@ async def test_activate_is_one_pointer_flip(db):
     assert await db.versions.active(2) is None
     with pytest.raises(LookupError):
         await db.versions.activate(2, v1.id)
+
+
+async def test_two_processes_starting_at_once_migrate_once(db_url):
+    first, second = await asyncio.gather(Database.open(db_url), Database.open(db_url))
+    assert await first.schema_version() == await second.schema_version() == LATEST_VERSION
+    assert await first.migrate() == [] and await second.migrate() == []
+    await first.close()
+    await second.close()
+
+
+async def test_every_repository_query_answers_alike(db):
+    """The queries the bot and the trainer make, with their answers, so each engine runs them all."""
+    ex = [(await db.examples.add(5, conv(f"q{i}"), source="reaction", author_id=i, source_message_ids=[100 + i],
+                                 source_channel_id=70)).example for i in range(3)]
+    await db.examples.decide(5, ex[0].id, actor_id=9, approve=True)
+    first, pending = await db.examples.next_pending(5)
+    assert (first.id, pending) == (ex[1].id, 2)
+    assert (await db.examples.next_pending(5, after_id=ex[1].id))[0].id == ex[2].id
+    assert (await db.examples.find_by_source_messages(5, "reaction", [101])).id == ex[1].id
+    assert await db.examples.vote(5, ex[1].id, 3) and not await db.examples.vote(5, ex[1].id, 3)
+    assert await db.examples.votes(5, ex[1].id) == 1
+    assert await db.examples.stats(5) == {"status": {"approved": 1, "pending": 2}, "source": {"reaction": 3}}
+    assert await db.examples.approved_since(5, 0) == 1 and await db.examples.approved_since(5, 4e9) == 0
+    await db.examples.add_review_post(5, ex[1].id, channel_id=8, message_id=800)
+    await db.examples.add_review_post(5, ex[2].id, channel_id=8, message_id=800)  # the message now shows ex 2
+    assert (await db.examples.example_for_review_post(5, 800)).id == ex[2].id
+    assert await db.examples.review_posts(5, ex[2].id) == [(8, 800)] and await db.examples.review_posts(5, ex[1].id) == []
+    assert (await db.examples.delete(5, ex[2].id, actor_id=9)).status == "deleted"
+    assert [e.id for e in await db.examples.list(5, status="pending", limit=5)] == [ex[1].id]
+
+    answer = await db.answers.record(5, question="q", answer="a", version_id=None, latency_ms=3, user_id=1)
+    await db.answers.record_correction(5, answer.id, 2, ex[1].id)
+    assert [f.kind for f in await db.answers.feedback(5, answer.id)] == ["correction"]
+    assert [a.id for a in await db.answers.list(5)] == [answer.id]
+
+    run, _, _ = await db.runs.enqueue(5, trigger="retrain")
+    assert (await db.runs.current(5)).id == run.id and (await db.runs.by_id(run.id)).guild_id == 5
+    assert await db.runs.request_cancel(5, run.id) and await db.runs.cancel_requested(5, run.id)
+    assert await db.runs.finish(5, run.id, "failed", error="boom")
+    run2, _, _ = await db.runs.enqueue(5, trigger="retrain")
+    assert await db.runs.finish(5, run2.id, "failed", error="boom again")
+    failures, at = await db.runs.consecutive_failures(5)
+    assert failures == 2 and at == (await db.runs.get(5, run2.id)).finished_at
+    assert (await db.runs.last_finished(5, "failed")).id == run2.id and await db.runs.last_finished(5, "succeeded") is None
+    assert [r.id for r in await db.runs.list(5)] == [run2.id, run.id] and await db.runs.current(5) is None
+
+    version = await db.versions.create(5, run_id=run.id, adapter_path="/a", base_model="b", metrics={"x": 1},
+                                       n_examples=1)
+    assert await db.versions.next_number(5) == 2
+    await db.versions.set_tag(5, version.id, "guildtune-5:v1")
+    assert (await db.versions.by_number(5, 1)).tag == "guildtune-5:v1"
+    assert (await db.versions.for_run(5, run.id)).id == version.id
+    await db.versions.activate(5, version.id)
+    assert await db.versions.all_active() == {5: version.id}
+    await db.versions.mark_removed(5, version.id)  # the active one is never marked removed
+    assert [v.status for v in await db.versions.list(5)] == ["active"]
+    assert await db.versions.adapter_paths(5) == {"/a"}
+
+    await db.settings.set(5, temperature=0.2, schedule="daily:03:00")
+    await db.settings.set(5, top_k=7)
+    got = await db.settings.get(5)
+    assert (got.temperature, got.schedule, got.top_k) == (0.2, "daily:03:00", 7)
+    await db.settings.set(6, top_k=3)
+    assert await db.settings.guild_ids() == [5, 6]
