@@ -215,7 +215,8 @@ def db_copy(
 
     Stop the bot and the trainer first, then point GUILDTUNE_DB at the target."""
     from storage.copy import CopyError, copy_database
-    from storage.engine import DatabaseTargetError, DatabaseUnavailable, parse_target
+    from storage.engine import DatabaseUnavailable
+    from storage.engine_target import DatabaseTargetError, parse_target
 
     try:
         shown_from, shown_to = str(parse_target(source)), str(parse_target(target))

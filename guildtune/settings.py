@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     def _db_is_known(cls, value: object) -> object:
         if value is None:
             return None
-        from storage.engine import parse_target
+        from storage.engine_target import parse_target
 
         parse_target(str(value))  # a ValueError naming the forms allowed
         return str(value)
@@ -98,7 +98,7 @@ def _describe(error: dict) -> str:
     value = error.get("input")
     shown = "<hidden>" if alias == "DISCORD_TOKEN" else repr(value)
     if alias == "GUILDTUNE_DB" and isinstance(value, str):
-        from storage.engine import redact
+        from storage.engine_target import redact
 
         shown = repr(redact(value))  # a database password stays out of the message
     allowed = error["msg"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage.db import Database
-from storage.engine import Engine, Session, parse_target
+from storage.engine import Engine, Session
+from storage.engine_target import parse_target
 
 BATCH_ROWS = 1000
 

@@ -12,7 +12,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, AsyncContextManager, Sequence
 
-from storage.engine import Engine, Session, connect, parse_target
+from storage.engine import Engine, Session, connect
+from storage.engine_target import parse_target
 
 MIGRATION_NAME = re.compile(r"^V(\d+)__([a-z0-9_]+)\.sql$")
 

@@ -8,8 +8,9 @@ import pytest
 
 from guildtune.settings import SettingsError, load_settings
 from storage.db import LATEST_VERSION, Database
-from storage.engine import (DatabaseTargetError, DatabaseUnavailable, numbered_placeholders, parse_target,
-                            postgres_ddl, redact)
+from storage.engine import DatabaseUnavailable
+from storage.engine_sql import numbered_placeholders, postgres_ddl
+from storage.engine_target import DatabaseTargetError, parse_target, redact
 
 
 @pytest.mark.parametrize("value, engine, location", [
