@@ -75,8 +75,12 @@ class PostgresEngine(Engine):
 
     @classmethod
     async def connect(cls, target: DatabaseTarget) -> "PostgresEngine":
-        import asyncpg
-
+        try:
+            import asyncpg
+        except ImportError:
+            raise DatabaseUnavailable(f"GUILDTUNE_DB names PostgreSQL ({target}) but its driver, asyncpg, is not "
+                                      "installed: run `pip install asyncpg` in guildtune's environment "
+                                      "(or `make setup`).") from None
         try:
             pool = await asyncpg.create_pool(
                 target.location, min_size=1, max_size=POOL_SIZE, timeout=15,

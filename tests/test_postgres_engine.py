@@ -185,3 +185,12 @@ def test_without_a_server_the_postgres_half_is_skipped_saying_how_to_install(mon
     monkeypatch.setattr(postgres_cluster.glob, "glob", lambda pattern: [])
     with pytest.raises(postgres_cluster.ClusterUnavailable, match="install_postgres.sh"):
         postgres_cluster.server_bindir()
+
+
+async def test_a_postgres_url_without_the_driver_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
+    with pytest.raises(DatabaseUnavailable, match=r"asyncpg, is not installed: run `pip install asyncpg`") as info:
+        await Database.open("postgresql://bot:hunter2@db.lan/g")
+    assert "hunter2" not in str(info.value)
