@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny model folders (built once per session), the stand-in Ollama, an offline environment."""
+"""Shared fixtures: the tiny model folders (built once per session), the stand-in Ollama, an offline
+environment, and a database on each engine (SQLite, a throw-away PostgreSQL server)."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,7 +24,8 @@ async def standin():
 @pytest.fixture(scope="session")
 def postgres_cluster():
     """A throw-away PostgreSQL server on loopback for the whole run (tests/postgres_cluster.py);
-    the PostgreSQL half of the storage tests is skipped, saying why, where none can start."""
+    the PostgreSQL half of the storage tests is skipped, saying why, only where the server is not
+    installed (scripts/install_postgres.sh, run by `make test`, installs it)."""
     from postgres_cluster import ClusterUnavailable, PostgresCluster
 
     try:
