@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow setup clean
+.PHONY: run test test-slow setup clean postgres
 
 setup: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 run: $(STAMP)
 	@$(VENV)/bin/guildtune up
 
-test: $(STAMP)
+# The tests run the storage suite on PostgreSQL too: its server comes from Debian's package.
+postgres:
+	@bash scripts/install_postgres.sh
+
+test: $(STAMP) postgres
 	@$(PY) -m pytest -q
 
 test-slow: $(STAMP)

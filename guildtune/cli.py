@@ -24,6 +24,8 @@ app = typer.Typer(help="guildtune: a Discord bot that fine-tunes itself from its
                   no_args_is_help=True, add_completion=False)
 dataset_app = typer.Typer(help="Import, export and count a guild's examples.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
+db_app = typer.Typer(help="Move the database between engines (SQLite, PostgreSQL).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 console = Console(stderr=True)
 
@@ -244,6 +246,39 @@ def _serve(bot: bool, trainer: bool) -> None:
         await run_services(settings, bot=bot, trainer=trainer, stop=stop)
 
     run_async(main())
+
+
+# ---------------------------------------------------------------- db
+
+@db_app.command("copy")
+def db_copy(
+    source: str = typer.Option(..., "--from", help="The database to copy: a SQLite path, sqlite:///… or postgresql://…"),
+    target: str = typer.Option(..., "--to", help="The database to fill, e.g. postgresql://user:password@host/guildtune"),
+    replace: bool = typer.Option(False, "--replace", help="Delete the rows a non-empty target holds first."),
+) -> None:
+    """Copy every table, ids kept, into another database; row counts are checked per table.
+
+    Stop the bot and the trainer first, then point GUILDTUNE_DB at the target."""
+    from storage.copy import CopyError, copy_database
+    from storage.engine import DatabaseUnavailable
+    from storage.engine_target import DatabaseTargetError, parse_target
+
+    try:
+        shown_from, shown_to = str(parse_target(source)), str(parse_target(target))
+    except DatabaseTargetError as exc:
+        raise fail(str(exc), 2) from None
+    try:
+        counts = asyncio.run(copy_database(source, target, replace=replace))
+    except (CopyError, DatabaseUnavailable) as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"{shown_from} → {shown_to}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, n in counts.items():
+        table.add_row(name, f"{n:,}")
+    Console().print(table)
+    console.print(f"Copied {sum(counts.values()):,} rows in {len(counts)} tables; every count matches the source. "
+                  f"Set GUILDTUNE_DB={shown_to} for the bot and the trainer.", highlight=False, markup=False)
 
 
 @app.command()

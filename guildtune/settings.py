@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     discord_token: SecretStr | None = Field(None, alias="DISCORD_TOKEN")
     data_dir: Path = Field(Path("./data"), alias="GUILDTUNE_DATA_DIR")
-    db: Path | None = Field(None, alias="GUILDTUNE_DB")
+    db: str | None = Field(None, alias="GUILDTUNE_DB")  # a SQLite path, sqlite:///… or postgresql://…
     models_dir_setting: Path | None = Field(None, alias="GUILDTUNE_MODELS_DIR")
     server: Literal["local", "ollama", "vllm"] = Field("local", alias="GUILDTUNE_SERVER")
     ollama_host: str = Field("http://127.0.0.1:11434", alias="OLLAMA_HOST")
@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     @classmethod
     def _vllm_url_has_scheme(cls, value: str) -> str:
         return (value if value.startswith(("http://", "https://")) else "http://" + value).rstrip("/")
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_is_known(cls, value: object) -> object:
+        if value is None:
+            return None
+        from storage.engine_target import parse_target
+
+        parse_target(str(value))  # a ValueError naming the forms allowed
+        return str(value)
 
     @field_validator("ollama_host")
     @classmethod
@@ -121,8 +131,11 @@ class Settings(BaseSettings):
         return env
 
     @property
-    def db_path(self) -> Path:
-        return self.db if self.db is not None else self.data_dir / "guildtune.db"
+    def db_path(self) -> Path | str:
+        """What `Database.open` takes: a SQLite file path, or GUILDTUNE_DB's URL as given."""
+        if self.db is None:
+            return self.data_dir / "guildtune.db"
+        return self.db if "://" in self.db else Path(self.db)
 
     @property
     def models_dir(self) -> Path:
@@ -138,6 +151,10 @@ def _describe(error: dict) -> str:
     alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
     value = error.get("input")
     shown = "<hidden>" if alias in ("DISCORD_TOKEN", "VLLM_API_KEY") else repr(value)
+    if alias == "GUILDTUNE_DB" and isinstance(value, str):
+        from storage.engine_target import redact
+
+        shown = repr(redact(value))  # a database password stays out of the message
     allowed = error["msg"]
     if error["type"] == "literal_error":
         allowed = "allowed: " + error["ctx"]["expected"]

@@ -1,4 +1,4 @@
-"""SQLite storage: schema, migrations, typed records and per-guild repositories.
+"""Storage on SQLite or PostgreSQL: schema, migrations, typed records and per-guild repositories.
 
 The only channel between the bot and the trainer. Knows nothing of Discord or torch.
 """

@@ -23,11 +23,11 @@ class AnswerRepository:
                      latency_ms: int, user_id: int | None = None, channel_id: int | None = None,
                      message_id: int | None = None) -> Answer:
         async with self.db.transaction() as conn:
-            cur = await conn.execute(
+            created = await conn.fetchone(
                 "INSERT INTO answers (guild_id, channel_id, user_id, question, answer, version_id, latency_ms,"
-                " created_at, message_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                " created_at, message_id) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
                 (guild_id, channel_id, user_id, question, answer, version_id, latency_ms, time.time(), message_id))
-        return await self.get(guild_id, cur.lastrowid)
+        return await self.get(guild_id, created["id"])
 
     async def get(self, guild_id: int, answer_id: int) -> Answer | None:
         row = await self.db.fetchone("SELECT * FROM answers WHERE guild_id=? AND id=?", (guild_id, answer_id))

@@ -31,6 +31,9 @@ IMPORT_CACHE_KIB = 256 * 1024
 #: Pause between staging batches, so another process's writer gets the lock in between (SQLite's
 #: busy handler retries a waiting writer on its own schedule, not when the lock is released).
 BATCH_PAUSE_S = 0.01
+#: The audit event's `after` ({"status", "messages"}) built in SQL, in each engine's JSON functions.
+_AUDIT_JSON_SQLITE = "json_object('status', status, 'messages', json(messages))"
+_AUDIT_JSON_POSTGRES = "json_build_object('status', status, 'messages', messages::json)::text"
 
 
 async def import_conversations(db: "Database", guild_id: int, conversations: list[Conversation], *,
@@ -40,17 +43,20 @@ async def import_conversations(db: "Database", guild_id: int, conversations: lis
     await drop_abandoned(db)
     owner = Owner.this_process()
     async with db.transaction() as conn:
-        cur = await conn.execute(
+        row = await conn.fetchone(
             "INSERT INTO example_imports (guild_id, owner_host, owner_pid, owner_started, created_at)"
-            " VALUES (?,?,?,?,?)", (guild_id, owner.host, owner.pid, owner.started, time.time()))
-        import_id = cur.lastrowid
-    cache_kib = (await db.fetchone("PRAGMA cache_size"))[0]
-    await db.conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
+            " VALUES (?,?,?,?,?) RETURNING id", (guild_id, owner.host, owner.pid, owner.started, time.time()))
+        import_id = row["id"]
+    sqlite = db.engine.name == "sqlite"
+    if sqlite:
+        cache_kib = (await db.fetchone("PRAGMA cache_size"))[0]
+        await db.engine.conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
     try:
         await _stage(db, import_id, conversations)
         created = await _publish(db, import_id, guild_id, source=source, author_id=author_id, status=status)
     finally:
-        await db.conn.execute(f"PRAGMA cache_size = {int(cache_kib)}")
+        if sqlite:
+            await db.engine.conn.execute(f"PRAGMA cache_size = {int(cache_kib)}")
         await _drop(db, import_id)
     return created, len(conversations) - created
 
@@ -90,7 +96,7 @@ async def _publish(db: "Database", import_id: int, guild_id: int, *, source: str
                    status: str) -> int:
     """One transaction of set-based statements: insert the staged rows the guild does not have yet,
     in file order, then their audit events. New rows are those above the largest id before the
-    insert (SQLite gives each new row the next id, and the write lock keeps other inserts out)."""
+    insert (both engines give each new row the next id, and the write lock keeps other inserts out)."""
     now = time.time()
     async with db.transaction() as conn:
         last_id = (await db.fetchone("SELECT COALESCE(MAX(id), 0) AS n FROM examples"))["n"]
@@ -101,10 +107,11 @@ async def _publish(db: "Database", import_id: int, guild_id: int, *, source: str
             " (SELECT 1 FROM examples e WHERE e.guild_id=? AND e.content_hash=s.content_hash) ORDER BY s.seq",
             (guild_id, source, author_id, status, now, now, import_id, guild_id))
         created = cur.rowcount
+        after = (_AUDIT_JSON_SQLITE if db.engine.name == "sqlite" else _AUDIT_JSON_POSTGRES)
         await conn.execute(
             "INSERT INTO example_events (guild_id, example_id, actor_id, action, after, created_at)"
-            " SELECT guild_id, id, ?, 'created', json_object('status', status, 'messages', json(messages)), ?"
-            " FROM examples WHERE id > ? ORDER BY id", (author_id, now, last_id))
+            f" SELECT guild_id, id, ?, 'created', {after}, ? FROM examples WHERE id > ? ORDER BY id",
+            (author_id, now, last_id))
     return created
 
 

@@ -122,13 +122,14 @@ class ExampleRepository:
     async def _insert(self, conn, guild_id, clean, digest, source, author_id, message_ids, status, answer_id,
                       source_channel_id=None):
         now = time.time()
-        cur = await conn.execute(
+        row = await conn.fetchone(
             "INSERT INTO examples (guild_id, messages, source, source_message_ids, author_id, status,"
-            " content_hash, answer_id, created_at, updated_at, source_channel_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " content_hash, answer_id, created_at, updated_at, source_channel_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " RETURNING id",
             (guild_id, json.dumps(clean, ensure_ascii=False), source, json.dumps(message_ids), author_id,
              status, digest, answer_id, now, now, source_channel_id),
         )
-        example = Example(cur.lastrowid, guild_id, clean, source, message_ids, author_id, status, digest,
+        example = Example(row["id"], guild_id, clean, source, message_ids, author_id, status, digest,
                           now, now, answer_id, source_channel_id)
         await self._event(conn, example, author_id, "created", None, _snapshot(example), None)
         return example
@@ -245,7 +246,7 @@ class ExampleRepository:
         await self.require(guild_id, example_id)
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "INSERT OR IGNORE INTO example_votes (example_id, user_id, created_at) VALUES (?,?,?)",
+                "INSERT INTO example_votes (example_id, user_id, created_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                 (example_id, user_id, time.time()))
             return cur.rowcount == 1
 
@@ -281,8 +282,10 @@ class ExampleRepository:
     async def add_review_post(self, guild_id: int, example_id: int, channel_id: int, message_id: int) -> None:
         async with self.db.transaction() as conn:
             await conn.execute(
-                "INSERT OR REPLACE INTO review_posts (guild_id, example_id, channel_id, message_id, created_at)"
-                " VALUES (?,?,?,?,?)", (guild_id, example_id, channel_id, message_id, time.time()))
+                "INSERT INTO review_posts (guild_id, example_id, channel_id, message_id, created_at)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (message_id) DO UPDATE SET guild_id=excluded.guild_id,"
+                " example_id=excluded.example_id, channel_id=excluded.channel_id, created_at=excluded.created_at",
+                (guild_id, example_id, channel_id, message_id, time.time()))
 
     async def example_for_review_post(self, guild_id: int, message_id: int) -> Example | None:
         row = await self.db.fetchone(

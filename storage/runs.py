@@ -56,10 +56,9 @@ class RunRepository:
                 (guild_id,))
             created = row is None
             if created:
-                cur = await conn.execute(
+                row = await conn.fetchone(
                     "INSERT INTO training_runs (guild_id, status, trigger, requested_by, created_at)"
-                    " VALUES (?, 'queued', ?, ?, ?)", (guild_id, trigger, requested_by, time.time()))
-                row = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (cur.lastrowid,))
+                    " VALUES (?, 'queued', ?, ?, ?) RETURNING *", (guild_id, trigger, requested_by, time.time()))
         run = _row_to_run(row)
         return run, await self.queue_position(run), created
 
@@ -72,17 +71,17 @@ class RunRepository:
         return int(row["n"])
 
     async def claim_next(self, owner: Owner | None = None) -> TrainingRun | None:
-        """Move the oldest queued run to running, owned by `owner` (default: this process);
-        only one claimer can win it."""
+        """Move the oldest queued run to running, owned by `owner` (default: this process); only one
+        claimer can win it, on any host.
+
+        One conditional UPDATE: the write transaction already serialises claimers, and even a
+        concurrent one re-checks `status='queued'` on the row it waited for, so no run is taken twice."""
         async with self.db.transaction() as conn:
-            row = await self.db.fetchone("SELECT id FROM training_runs WHERE status='queued' ORDER BY id LIMIT 1")
-            if row is None:
-                return None
-            await conn.execute(
-                f"UPDATE training_runs SET {_CLAIM} WHERE id=? AND status='queued'",
-                (*_claim_params(owner), row["id"]))
-            claimed = await self.db.fetchone("SELECT * FROM training_runs WHERE id=?", (row["id"],))
-        return _row_to_run(claimed)
+            claimed = await conn.fetchone(
+                f"UPDATE training_runs SET {_CLAIM} WHERE status='queued' AND id="
+                "(SELECT id FROM training_runs WHERE status='queued' ORDER BY id LIMIT 1) RETURNING *",
+                _claim_params(owner))
+        return _row_to_run(claimed) if claimed else None
 
     async def claim(self, guild_id: int, run_id: int, owner: Owner | None = None) -> TrainingRun | None:
         """Move this queued run to running (for `guildtune train`), owned by `owner` (default: this

@@ -34,11 +34,11 @@ class VersionRepository:
                                       "its adapter does not become a version")
             row = await self.db.fetchone(
                 "SELECT COALESCE(MAX(number), 0) + 1 AS n FROM model_versions WHERE guild_id=?", (guild_id,))
-            cur = await conn.execute(
+            created = await conn.fetchone(
                 "INSERT INTO model_versions (guild_id, number, run_id, adapter_path, base_model, metrics, status,"
-                " n_examples, created_at) VALUES (?,?,?,?,?,?,'ready',?,?)",
+                " n_examples, created_at) VALUES (?,?,?,?,?,?,'ready',?,?) RETURNING id",
                 (guild_id, row["n"], run_id, adapter_path, base_model, json.dumps(metrics), n_examples, time.time()))
-        return await self.get(guild_id, cur.lastrowid)
+        return await self.get(guild_id, created["id"])
 
     async def next_number(self, guild_id: int) -> int:
         row = await self.db.fetchone(

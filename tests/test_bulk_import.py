@@ -88,12 +88,12 @@ async def test_rows_staged_by_a_dead_importer_are_dropped_by_the_next_import(db)
     me = Owner.this_process()
     async with db.transaction() as conn:
         for owner in (Owner(me.host, me.pid, me.started - 3600), me):  # a dead one, and a live one
-            cur = await conn.execute(
+            row = await conn.fetchone(
                 "INSERT INTO example_imports (guild_id, owner_host, owner_pid, owner_started, created_at)"
-                " VALUES (1, ?, ?, ?, 0)", (owner.host, owner.pid, owner.started))
+                " VALUES (1, ?, ?, ?, 0) RETURNING id", (owner.host, owner.pid, owner.started))
             await conn.execute("INSERT INTO example_import_rows (import_id, seq, content_hash, messages)"
-                               " VALUES (?, 0, 'h', '[]')", (cur.lastrowid,))
-    live_import = cur.lastrowid
+                               " VALUES (?, 0, 'h', '[]')", (row["id"],))
+    live_import = row["id"]
     result = await db.examples.add_many(1, [conv("fresh")], source="import", author_id=None)
     assert result.created == 1
     left = await db.fetchall("SELECT import_id FROM example_import_rows")

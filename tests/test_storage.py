@@ -1,6 +1,6 @@
-"""Storage: migrations, guild isolation, concurrency, the approval race, dedup and the audit."""
+"""Storage: migrations, guild isolation, concurrency, the approval race, dedup and the audit,
+on both engines (the `db_url` fixture: a SQLite file and a database on a real PostgreSQL server)."""
 import asyncio
-import sqlite3
 
 import pytest
 
@@ -15,21 +15,23 @@ def conv(q: str, a: str = "answer") -> list[dict]:
 
 
 @pytest.fixture
-async def db(tmp_path):
-    database = await Database.open(tmp_path / "g.db")
+async def db(db_url):
+    database = await Database.open(db_url)
     yield database
     await database.close()
 
 
-async def test_pragmas_and_schema_version(db):
+async def test_pragmas_and_schema_version(tmp_path):
+    db = await Database.open(tmp_path / "g.db")
     assert await db.schema_version() == LATEST_VERSION
     assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"
     assert (await db.fetchone("PRAGMA foreign_keys"))[0] == 1
     assert (await db.fetchone("PRAGMA busy_timeout"))[0] > 0
+    await db.close()
 
 
-async def test_migrations_are_idempotent(tmp_path):
-    path = tmp_path / "m.db"
+async def test_migrations_are_idempotent(db_url):
+    path = db_url
     first = await Database.open(path)
     await first.close()
     again = await Database.open(path)
@@ -39,8 +41,8 @@ async def test_migrations_are_idempotent(tmp_path):
 
 
 @pytest.mark.parametrize("start", range(1, LATEST_VERSION))
-async def test_upgrade_from_every_earlier_version_keeps_data(tmp_path, start):
-    path = tmp_path / f"v{start}.db"
+async def test_upgrade_from_every_earlier_version_keeps_data(db_url, start):
+    path = db_url
     old = await Database.open(path, migrate_to=start)
     assert await old.schema_version() == start
     async with old.transaction() as conn:  # rows written the way that version's schema allows
@@ -77,8 +79,8 @@ async def test_guilds_are_isolated(db):
     assert (await db.examples.get(1, a.id)).status == "pending"
 
 
-async def test_two_hundred_concurrent_writers_lose_nothing(tmp_path):
-    path = tmp_path / "c.db"
+async def test_two_hundred_concurrent_writers_lose_nothing(db_url):
+    path = db_url
     dbs = [await Database.open(path) for _ in range(4)]  # several connections, like several processes
     await asyncio.gather(*(
         dbs[i % 4].examples.add(1, conv(f"question {i}"), source="teach", author_id=i) for i in range(200)))
@@ -88,8 +90,8 @@ async def test_two_hundred_concurrent_writers_lose_nothing(tmp_path):
         await d.close()
 
 
-async def test_two_moderators_racing_give_one_approval(tmp_path):
-    path = tmp_path / "r.db"
+async def test_two_moderators_racing_give_one_approval(db_url):
+    path = db_url
     a, b = await Database.open(path), await Database.open(path)
     ex = (await a.examples.add(1, conv("race"), source="teach", author_id=3)).example
     results = await asyncio.gather(a.examples.decide(1, ex.id, actor_id=100, approve=True),
@@ -153,8 +155,9 @@ async def test_forget_wipes_content_keeps_audit_without_content(db):
     events = await db.examples.events(1, ex.id)
     assert [e.action for e in events] == ["created", "approved", "forgotten"]
     assert all("my secret" not in str(e.before) + str(e.after) for e in events)
-    raw = sqlite3.connect(db.path).execute("SELECT group_concat(messages) FROM examples").fetchone()[0]
-    assert "my secret" not in raw
+    stored = [r["messages"] + str(r["before"]) + str(r["after"]) for r in await db.fetchall(
+        "SELECT e.messages, v.before, v.after FROM examples e JOIN example_events v ON v.example_id=e.id")]
+    assert stored and not any("my secret" in text for text in stored)
     # the same text can be taught again afterwards
     assert (await db.examples.add(1, conv("my secret", "x"), source="teach", author_id=42)).created
 
@@ -200,3 +203,67 @@ async def test_activate_is_one_pointer_flip(db):
     assert await db.versions.active(2) is None
     with pytest.raises(LookupError):
         await db.versions.activate(2, v1.id)
+
+
+async def test_two_processes_starting_at_once_migrate_once(db_url):
+    first, second = await asyncio.gather(Database.open(db_url), Database.open(db_url))
+    assert await first.schema_version() == await second.schema_version() == LATEST_VERSION
+    assert await first.migrate() == [] and await second.migrate() == []
+    await first.close()
+    await second.close()
+
+
+async def test_every_repository_query_answers_alike(db):
+    """The queries the bot and the trainer make, with their answers, so each engine runs them all."""
+    ex = [(await db.examples.add(5, conv(f"q{i}"), source="reaction", author_id=i, source_message_ids=[100 + i],
+                                 source_channel_id=70)).example for i in range(3)]
+    await db.examples.decide(5, ex[0].id, actor_id=9, approve=True)
+    first, pending = await db.examples.next_pending(5)
+    assert (first.id, pending) == (ex[1].id, 2)
+    assert (await db.examples.next_pending(5, after_id=ex[1].id))[0].id == ex[2].id
+    assert (await db.examples.find_by_source_messages(5, "reaction", [101])).id == ex[1].id
+    assert await db.examples.vote(5, ex[1].id, 3) and not await db.examples.vote(5, ex[1].id, 3)
+    assert await db.examples.votes(5, ex[1].id) == 1
+    assert await db.examples.stats(5) == {"status": {"approved": 1, "pending": 2}, "source": {"reaction": 3}}
+    assert await db.examples.approved_since(5, 0) == 1 and await db.examples.approved_since(5, 4e9) == 0
+    await db.examples.add_review_post(5, ex[1].id, channel_id=8, message_id=800)
+    await db.examples.add_review_post(5, ex[2].id, channel_id=8, message_id=800)  # the message now shows ex 2
+    assert (await db.examples.example_for_review_post(5, 800)).id == ex[2].id
+    assert await db.examples.review_posts(5, ex[2].id) == [(8, 800)] and await db.examples.review_posts(5, ex[1].id) == []
+    assert (await db.examples.delete(5, ex[2].id, actor_id=9)).status == "deleted"
+    assert [e.id for e in await db.examples.list(5, status="pending", limit=5)] == [ex[1].id]
+
+    answer = await db.answers.record(5, question="q", answer="a", version_id=None, latency_ms=3, user_id=1)
+    await db.answers.record_correction(5, answer.id, 2, ex[1].id)
+    assert [f.kind for f in await db.answers.feedback(5, answer.id)] == ["correction"]
+    assert [a.id for a in await db.answers.list(5)] == [answer.id]
+
+    run, _, _ = await db.runs.enqueue(5, trigger="retrain")
+    assert (await db.runs.current(5)).id == run.id and (await db.runs.by_id(run.id)).guild_id == 5
+    assert await db.runs.request_cancel(5, run.id) and await db.runs.cancel_requested(5, run.id)
+    assert await db.runs.finish(5, run.id, "failed", error="boom")
+    run2, _, _ = await db.runs.enqueue(5, trigger="retrain")
+    assert await db.runs.finish(5, run2.id, "failed", error="boom again")
+    failures, at = await db.runs.consecutive_failures(5)
+    assert failures == 2 and at == (await db.runs.get(5, run2.id)).finished_at
+    assert (await db.runs.last_finished(5, "failed")).id == run2.id and await db.runs.last_finished(5, "succeeded") is None
+    assert [r.id for r in await db.runs.list(5)] == [run2.id, run.id] and await db.runs.current(5) is None
+
+    version = await db.versions.create(5, run_id=run.id, adapter_path="/a", base_model="b", metrics={"x": 1},
+                                       n_examples=1)
+    assert await db.versions.next_number(5) == 2
+    await db.versions.set_tag(5, version.id, "guildtune-5:v1")
+    assert (await db.versions.by_number(5, 1)).tag == "guildtune-5:v1"
+    assert (await db.versions.for_run(5, run.id)).id == version.id
+    await db.versions.activate(5, version.id)
+    assert await db.versions.all_active() == {5: version.id}
+    await db.versions.mark_removed(5, version.id)  # the active one is never marked removed
+    assert [v.status for v in await db.versions.list(5)] == ["active"]
+    assert await db.versions.adapter_paths(5) == {"/a"}
+
+    await db.settings.set(5, temperature=0.2, schedule="daily:03:00")
+    await db.settings.set(5, top_k=7)
+    got = await db.settings.get(5)
+    assert (got.temperature, got.schedule, got.top_k) == (0.2, "daily:03:00", 7)
+    await db.settings.set(6, top_k=3)
+    assert await db.settings.guild_ids() == [5, 6]
