@@ -24,9 +24,14 @@ DEMO_QUESTIONS = 6
 DEMO_SYSTEM_PROMPT = "You are the assistant of the Lanternfish guild's Discord."
 
 
-def community_facts() -> list[dict[str, str]]:
-    """The shipped invented facts: question, answer, and `expect` (what a right answer contains)."""
+def community_facts() -> list[dict]:
+    """The shipped invented facts: question, answer, `expect` (what a right answer contains) and
+    `paraphrases` (the same question in members' words, never trained on)."""
     return json.loads(files("guildtune").joinpath("data/community_facts.json").read_text(encoding="utf-8"))
+
+
+def knows(fact: dict, answer: str) -> bool:
+    return fact["expect"].casefold() in answer.casefold()
 
 
 @dataclass
@@ -91,18 +96,25 @@ async def run_demo(data_dir: Path, steps: int | None, console: Console) -> int:
                              GUILDTUNE_MODELS_DIR=str(outer.models_dir), GUILDTUNE_SERVER="local",
                              GUILDTUNE_TRAIN_MAX_STEPS=steps)
     facts = community_facts()
-    result = await teach_train_compare(settings, DEMO_GUILD, facts, [f["question"] for f in facts[:DEMO_QUESTIONS]],
-                                       console)
+    shown = facts[:DEMO_QUESTIONS]
+    asked_differently = [(f, p) for f in shown for p in f["paraphrases"]]
+    result = await teach_train_compare(settings, DEMO_GUILD, facts,
+                                       [f["question"] for f in shown] + [p for _, p in asked_differently], console)
     if result.exit_code != 0:
         return result.exit_code
+    taught = sum(knows(f, a) for f, a in zip(shown, result.after))
+    rephrased = sum(knows(f, a) for (f, _), a in zip(asked_differently, result.after[len(shown):]))
     table = Table(title="Before and after training", show_lines=True)
     table.add_column("question", ratio=2)
     table.add_column(result.before_name, ratio=3)
     table.add_column(result.after_name, ratio=3)
     table.add_column("knows it", justify="center")
-    for q, b, a, fact in zip(result.questions, result.before, result.after, facts):
-        table.add_row(q, b, a, "✔" if fact["expect"].casefold() in a.casefold() else "✘")
+    for q, b, a, fact in zip(result.questions[:len(shown)], result.before, result.after, shown):
+        table.add_row(q, b, a, "✔" if knows(fact, a) else "✘")
     Console().print(table)
+    console.print(f"{result.after_name} answers {taught} of {len(shown)} taught questions and {rephrased} of "
+                  f"{len(asked_differently)} asked differently (members' own words, never trained on).",
+                  highlight=False)
     console.print(f"Ask it more: GUILDTUNE_DB={data_dir / 'demo.db'} guildtune ask --guild {DEMO_GUILD} "
                   f"\"{facts[-1]['question']}\"", highlight=False, markup=False)
     return 0

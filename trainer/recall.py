@@ -127,7 +127,7 @@ def probe_token_budget(tokenizer: Any, reference: str) -> int:
 
 
 def greedy_answers(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, str]]],
-                   max_new_tokens: Sequence[int], batch_size: int = 32) -> list[str]:
+                   max_new_tokens: Sequence[int], batch_size: int = 64) -> list[str]:
     """Greedy answers to each conversation, decoded in left-padded batches of similar length.
 
     The prompt is built as the in-process server builds it (`serving.generation.render_prompt`), so
@@ -168,7 +168,7 @@ def greedy_answers(model: Any, tokenizer: Any, conversations: Sequence[list[dict
     return answers
 
 
-def recall_scores(model: Any, tokenizer: Any, probes: Sequence[Probe], batch_size: int = 32) -> RecallScores:
+def recall_scores(model: Any, tokenizer: Any, probes: Sequence[Probe], batch_size: int = 64) -> RecallScores:
     """Ask `model` every probe greedily and judge the answers."""
     if not probes:
         return RecallScores({}, {})
