@@ -162,6 +162,16 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], device: str) -
     return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
 
 
+def check_fits(model: Any, prompt_tokens: int, max_tokens: int) -> None:
+    """Refuse a conversation whose prompt plus answer budget exceeds the model's context."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and prompt_tokens + max_tokens > limit:
+        raise ModelServerError(
+            f"The conversation is too long for the model ({prompt_tokens} prompt tokens + "
+            f"{max_tokens} answer tokens > {limit}). Ask with fewer turns or a shorter question."
+        )
+
+
 def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
     """EOS plus Gemma's `<end_of_turn>` (and any EOS the model's generation config names)."""
     ids: list[int] = []
@@ -232,12 +242,7 @@ def generate(model: Any, tokenizer: Any, device: str, messages: list[dict[str, s
              options: GenerationOptions, stop: threading.Event, emit: Callable[[str], None]) -> None:
     """Run one answer to the end (or until `stop` is set), streaming text through `emit`."""
     inputs = render_prompt(tokenizer, messages, device)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and inputs["input_ids"].shape[1] + options.max_tokens > limit:
-        raise ModelServerError(
-            f"The conversation is too long for the model ({inputs['input_ids'].shape[1]} prompt tokens + "
-            f"{options.max_tokens} answer tokens > {limit}). Ask with fewer turns or a shorter question."
-        )
+    check_fits(model, inputs["input_ids"].shape[1], options.max_tokens)
     if options.seed is not None:
         torch.manual_seed(options.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
