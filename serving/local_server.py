@@ -151,7 +151,13 @@ class _ModelThread:
                 else:
                     return  # stopping, and nothing is left
             if job is None:
-                self._answer(chosen)
+                try:
+                    self._answer(chosen)
+                except Exception as exc:  # torch/transformers failures: log the trace, tell the users plainly
+                    log.exception("local generation failed")
+                    error = ModelServerError(f"The local model failed while answering ({type(exc).__name__}: {exc}).")
+                    for question in chosen:
+                        question.send(error)
                 continue
             future, fn, args = job
             if not future.set_running_or_notify_cancel():
@@ -375,11 +381,6 @@ class LocalServer:
         except ModelServerError as exc:
             for question in live:
                 question.send(exc)
-        except Exception as exc:  # torch/transformers failures: log the trace, tell the users plainly
-            log.exception("local generation failed")
-            error = ModelServerError(f"The local model failed while answering ({type(exc).__name__}: {exc}).")
-            for question in live:
-                question.send(error)
 
     def _ensure_base(self) -> None:
         if self._base is not None:

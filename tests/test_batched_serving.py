@@ -229,3 +229,22 @@ def test_bad_batching_settings_are_refused():
         LocalServer("/nowhere", batching="parallel")
     with pytest.raises(ValueError, match="max_batch_size"):
         LocalServer("/nowhere", max_batch_size=0)
+
+
+async def test_a_crash_inside_a_round_fails_that_round_and_the_server_keeps_answering(world, refs):
+    srv = LocalServer(str(world["base"]), device="cpu")
+    try:
+        await srv.preload(None)
+
+        def crash(*args, **kwargs):
+            raise RuntimeError("simulated kernel failure")
+
+        handle = srv._base.register_forward_pre_hook(crash, with_kwargs=True)
+        results = await ask_together(srv, [(None, QUESTIONS[0]), (None, QUESTIONS[1])])
+        handle.remove()
+        after = await answer(srv, None, GREEDY, QUESTIONS[2])
+    finally:
+        await srv.close()
+    assert all(isinstance(r, ModelServerError) and "RuntimeError: simulated kernel failure" in str(r)
+               for r in results), results
+    assert after == refs[None, 2]
