@@ -59,7 +59,34 @@ def load_base(model_dir: str, device: str) -> tuple[Any, Any]:
         )
     model.to(device)
     model.eval()
+    if device == "cpu":
+        speed_up_output_layer(model)
     return model, tokenizer
+
+
+class WideOutputLinear(torch.nn.Linear):
+    """An output layer that computes `x @ W.T` as `(W @ x.T).T`: the same numbers, but on a CPU,
+    with a vocabulary-sized W (262k rows for Gemma 3) and a few rows of x (one per answer in a
+    batch), the BLAS call this way round runs about 1.8x faster at 4 rows and the same at 1 row.
+    The output layer is most of the compute of a small model's decoding step, so this is what lets
+    batched answers on a CPU go faster than one at a time (bench/serve_concurrency.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = (self.weight @ flat.T).T
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def speed_up_output_layer(model: Any, min_rows: int = 65536) -> bool:
+    """Switch a vocabulary-sized `nn.Linear` output layer to `WideOutputLinear` in place (weights,
+    ties and hooks stay as they are); True if it was switched."""
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.out_features < min_rows:
+        return False
+    head.__class__ = WideOutputLinear
+    return True
 
 
 def adapter_problem(model: Any, adapter_dir: str) -> str | None:

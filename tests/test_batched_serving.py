@@ -248,3 +248,29 @@ async def test_a_crash_inside_a_round_fails_that_round_and_the_server_keeps_answ
     assert all(isinstance(r, ModelServerError) and "RuntimeError: simulated kernel failure" in str(r)
                for r in results), results
     assert after == refs[None, 2]
+
+
+def test_wide_output_layer_computes_the_same_logits_and_is_used_only_for_vocabulary_sized_heads():
+    import torch
+
+    from serving.generation import WideOutputLinear, speed_up_output_layer
+
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(32, 70000, bias=False)
+    x = torch.randn(3, 2, 32)
+    expected = plain(x)
+
+    class Model(torch.nn.Module):
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def get_output_embeddings(self):
+            return self.head
+
+    model = Model(plain)
+    assert speed_up_output_layer(model) and type(plain) is WideOutputLinear
+    assert torch.allclose(plain(x), expected, atol=1e-5) and plain(x).shape == (3, 2, 70000)
+    assert not speed_up_output_layer(model)  # already switched
+    small = torch.nn.Linear(32, 512)
+    assert not speed_up_output_layer(Model(small)) and type(small) is torch.nn.Linear
