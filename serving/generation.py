@@ -60,7 +60,34 @@ def load_base(model_dir: str, device: str) -> tuple[Any, Any]:
         )
     model.to(device)
     model.eval()
+    if device == "cpu":
+        speed_up_output_layer(model)
     return model, tokenizer
+
+
+class WideOutputLinear(torch.nn.Linear):
+    """An output layer that computes `x @ W.T` as `(W @ x.T).T`: the same numbers, but on a CPU,
+    with a vocabulary-sized W (262k rows for Gemma 3) and a few rows of x (one per answer in a
+    batch), the BLAS call this way round runs about 1.8x faster at 4 rows and the same at 1 row.
+    The output layer is most of the compute of a small model's decoding step, so this is what lets
+    batched answers on a CPU go faster than one at a time (bench/serve_concurrency.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = (self.weight @ flat.T).T
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def speed_up_output_layer(model: Any, min_rows: int = 65536) -> bool:
+    """Switch a vocabulary-sized `nn.Linear` output layer to `WideOutputLinear` in place (weights,
+    ties and hooks stay as they are); True if it was switched."""
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.out_features < min_rows:
+        return False
+    head.__class__ = WideOutputLinear
+    return True
 
 
 def adapter_problem(model: Any, adapter_dir: str) -> str | None:
@@ -163,6 +190,16 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], device: str) -
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+def check_fits(model: Any, prompt_tokens: int, max_tokens: int) -> None:
+    """Refuse a conversation whose prompt plus answer budget exceeds the model's context."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and prompt_tokens + max_tokens > limit:
+        raise ModelServerError(
+            f"The conversation is too long for the model ({prompt_tokens} prompt tokens + "
+            f"{max_tokens} answer tokens > {limit}). Ask with fewer turns or a shorter question."
+        )
+
+
 def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
     """EOS plus Gemma's `<end_of_turn>` (and any EOS the model's generation config names)."""
     ids: list[int] = []
@@ -233,12 +270,7 @@ def generate(model: Any, tokenizer: Any, device: str, messages: list[dict[str, s
              options: GenerationOptions, stop: threading.Event, emit: Callable[[str], None]) -> None:
     """Run one answer to the end (or until `stop` is set), streaming text through `emit`."""
     inputs = render_prompt(tokenizer, messages, device)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and inputs["input_ids"].shape[1] + options.max_tokens > limit:
-        raise ModelServerError(
-            f"The conversation is too long for the model ({inputs['input_ids'].shape[1]} prompt tokens + "
-            f"{options.max_tokens} answer tokens > {limit}). Ask with fewer turns or a shorter question."
-        )
+    check_fits(model, inputs["input_ids"].shape[1], options.max_tokens)
     if options.seed is not None:
         torch.manual_seed(options.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

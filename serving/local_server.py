@@ -2,12 +2,28 @@
 
 The base model loads once; each trained version's LoRA adapter loads beside it under the name
 `v<version id>`. Every piece of model work (loading, adapter switches, generation, removal) runs
-on ONE model thread. That single thread is the lock: an answer selects its adapter and generates
-to the end before anything else touches the model, so a publish or an eviction can never pull an
-adapter out from under an answer in flight, and fifty simultaneous `/ask`s queue instead of
-failing. Loads and removals go ahead of questions still waiting (never of the one being
-answered), so a swap is not stuck behind a long queue. The event loop only awaits; it never runs
-torch.
+on ONE model thread, and that thread is the lock: a load or a removal runs only between rounds
+of answers, never during one, so a publish, a rollback or an eviction can never pull an adapter
+out from under an answer in flight. Loads and removals go ahead of questions still waiting, so a
+swap is not stuck behind a long queue. The event loop only awaits; it never runs torch.
+
+Questions that wait together are answered together. When the model thread is free it takes the
+oldest waiting question and every other waiting one that can share its decoding (same sampling
+knobs; adapters that fit in memory together), up to `max_batch_size`, and decodes them with one
+`generate` call (`serving.batch_generation`): each row streams to its own asker, ends at its
+own `max_tokens` or stop token, and stops at the next token when its asker leaves. Different
+guilds' versions share a round through PEFT's mixed-adapter batches (`adapter_names`, one per
+row); `batching="grouped"` batches only one version at a time and `batching="off"` is the old
+one-question-at-a-time server, both kept for the benchmark (bench/serve_concurrency.py).
+
+Why rounds of `generate` and not a continuous-batching engine: transformers' own continuous
+batching (`generate_batch`, `ContinuousBatchingManager`) packs every request into one flattened
+row and has no adapter per request, so PEFT's per-row `adapter_names` cannot apply and one
+guild's adapter would be used for everyone; admitting new rows into a running KV cache (Gemma 3
+mixes sliding-window and full layers) is what vLLM does, and `VllmServer` is the path for
+communities that outgrow this server. The price: a question that arrives while a round is
+decoding waits for that round to end (a short answer's row finishes early, but its slot is only
+reused in the next round).
 
 torch and transformers are imported by `serving.generation`, which this module loads inside the
 worker thread: importing `serving.local_server` stays cheap for the bot.
@@ -16,12 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import functools
 import logging
-import queue
 import threading
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -33,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _STARTED = object()  # the worker took this question and is about to generate
 _DONE = object()  # the answer is complete
+BATCHING_MODES = ("mixed", "grouped", "off")
 
 
 def adapter_name(version: ModelVersion) -> str:
@@ -45,15 +61,21 @@ def serving_tag(version: ModelVersion) -> str:
 
 
 class _Question:
-    """One `chat` call: the bridge between the worker thread and the awaiting coroutine."""
+    """One `chat` call: what to answer, and the bridge between the model thread and the awaiting
+    coroutine."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, version: ModelVersion | None,
+                 messages: list[dict[str, str]], options: GenerationOptions):
         self.loop = loop
+        self.version = version
+        self.adapter = adapter_name(version) if version is not None else None
+        self.messages = messages
+        self.options = options
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.stop = threading.Event()
 
     def send(self, item: Any) -> None:
-        """Called from the worker thread; a consumer whose loop is gone is simply not told."""
+        """Called from the model thread; a consumer whose loop is gone is simply not told."""
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # event loop closed: nobody is listening any more
@@ -61,41 +83,83 @@ class _Question:
 
 
 class _ModelThread:
-    """The one thread that touches the model. Control work (loads, removals) runs before waiting
-    questions; within a priority, first come first served."""
+    """The one thread that touches the model.
 
-    CONTROL, QUESTION, STOP = 0, 1, 2
+    Control work (loads, removals, release) runs first, in order; when none is waiting, `pick`
+    chooses the next round from the waiting questions (oldest first, under the lock) and
+    `answer` decodes that round to its end. Questions whose asker already left are dropped.
+    """
 
-    def __init__(self) -> None:
-        self._queue: queue.PriorityQueue[tuple[int, int, Future[Any] | None, Any, tuple]] = queue.PriorityQueue()
-        self._order = itertools.count()
+    def __init__(self, pick: Callable[[list[_Question]], list[_Question]],
+                 answer: Callable[[list[_Question]], None]) -> None:
+        self._pick = pick
+        self._answer = answer
+        self._wake = threading.Condition()
+        self._control: deque[tuple[Future[Any], Callable[..., Any], tuple]] = deque()
+        self._waiting: list[_Question] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._start_lock = threading.Lock()
 
-    def submit(self, priority: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        if self._stopping:
-            raise ModelServerUnavailable("The local model server is shut down.")
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="guildtune-local-model", daemon=True)
-                self._thread.start()
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
-        self._queue.put((priority, next(self._order), future, fn, args))
+        with self._wake:
+            self._start()
+            self._control.append((future, fn, args))
+            self._wake.notify()
         return future
 
+    def ask(self, question: _Question) -> None:
+        with self._wake:
+            self._start()
+            self._waiting.append(question)
+            self._wake.notify()
+
+    def withdraw(self, question: _Question) -> None:
+        """Forget a question that has not started (no-op once it is in a round)."""
+        with self._wake:
+            if question in self._waiting:
+                self._waiting.remove(question)
+
     def stop(self) -> None:
-        """Run what is queued (questions already told to stop return at once), then end the thread."""
-        self._stopping = True
-        if self._thread is not None:
-            self._queue.put((self.STOP, next(self._order), None, None, ()))
-            self._thread.join()
+        """Run the queued control work (questions already told to stop are dropped), then end."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _start(self) -> None:  # holding self._wake
+        if self._stopping:
+            raise ModelServerUnavailable("The local model server is shut down.")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="guildtune-local-model", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
-            _, _, future, fn, args = self._queue.get()
-            if future is None:
-                return
+            job = None
+            with self._wake:
+                while not self._control and not self._waiting and not self._stopping:
+                    self._wake.wait()
+                self._waiting = [q for q in self._waiting if not q.stop.is_set()]
+                if self._control:
+                    job = self._control.popleft()
+                elif self._waiting:
+                    chosen = self._pick(self._waiting)
+                    self._waiting = [q for q in self._waiting if q not in chosen]
+                else:
+                    return  # stopping, and nothing is left
+            if job is None:
+                try:
+                    self._answer(chosen)
+                except Exception as exc:  # torch/transformers failures: log the trace, tell the users plainly
+                    log.exception("local generation failed")
+                    error = ModelServerError(f"The local model failed while answering ({type(exc).__name__}: {exc}).")
+                    for question in chosen:
+                        question.send(error)
+                continue
+            future, fn, args = job
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -111,17 +175,28 @@ class LocalServer:
     one is needed (it reloads from disk if asked for again). `max_queue_wait_s` bounds how long a
     question waits behind others before the server answers "busy" instead; `options.timeout_s`
     bounds the wait for each token once this question is being answered.
+
+    `batching` says how waiting questions share a round: "mixed" (default) decodes different
+    versions' questions together through PEFT's `adapter_names`; "grouped" only batches questions
+    of the same version; "off" answers one question at a time (the server before batching, kept
+    as the benchmark's baseline and as a fallback). `max_batch_size` bounds the rows of a round.
     """
 
     def __init__(self, base_model_dir: str, device: str = "auto", max_loaded_adapters: int = 4,
-                 max_queue_wait_s: float = 900.0):
+                 max_queue_wait_s: float = 900.0, batching: str = "mixed", max_batch_size: int = 16):
         if max_loaded_adapters < 1:
             raise ValueError("max_loaded_adapters must be at least 1")
+        if batching not in BATCHING_MODES:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING_MODES)}, not {batching!r}")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
         self.base_model_dir = str(base_model_dir)
         self.requested_device = device
         self.max_loaded_adapters = max_loaded_adapters
         self.max_queue_wait_s = max_queue_wait_s
-        self._worker = _ModelThread()
+        self.batching = batching
+        self.max_batch_size = max_batch_size
+        self._worker = _ModelThread(self._pick_round, self._answer_round)
         self._closed = False
         self._questions: set[_Question] = set()
         # Touched only on the worker thread:
@@ -142,12 +217,11 @@ class LocalServer:
         self._check_open()
         _check_messages(messages)
         _check_options(options)
-        question = _Question(asyncio.get_running_loop())
+        question = _Question(asyncio.get_running_loop(), version, messages, options)
         ahead = len(self._questions)
         self._questions.add(question)
-        future: Future[None] | None = None
         try:
-            future = self._worker.submit(_ModelThread.QUESTION, self._answer, question, version, messages, options)
+            self._worker.ask(question)
             started = False
             while True:
                 wait = options.timeout_s if started else self.max_queue_wait_s
@@ -172,9 +246,8 @@ class LocalServer:
                 elif item:
                     yield item
         finally:
-            question.stop.set()  # consumer finished, left or timed out: generation ends at the next token
-            if future is not None:
-                future.cancel()
+            question.stop.set()  # consumer finished, left or timed out: its row ends at the next token
+            self._worker.withdraw(question)
             self._questions.discard(question)
 
     async def publish(self, version: ModelVersion) -> str:
@@ -214,7 +287,7 @@ class LocalServer:
         for question in list(self._questions):
             question.stop.set()
             question.send(ModelServerUnavailable("The local model server was shut down while answering."))
-        release = self._worker.submit(_ModelThread.CONTROL, self._release)
+        release = self._worker.submit(self._release)
         await asyncio.to_thread(self._worker.stop)
         release.result()
 
@@ -226,29 +299,88 @@ class LocalServer:
 
     async def _on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         self._check_open()
-        return await asyncio.wrap_future(self._worker.submit(_ModelThread.CONTROL, fn, *args))
+        return await asyncio.wrap_future(self._worker.submit(fn, *args))
 
     # ---- the worker thread (everything below runs there, one call at a time) -------------
 
-    def _answer(self, question: _Question, version: ModelVersion | None,
-                messages: list[dict[str, str]], options: GenerationOptions) -> None:
-        if question.stop.is_set():  # the asker left (or timed out) while queued
-            return
-        try:
-            from serving import generation
+    def _pick_round(self, waiting: list[_Question]) -> list[_Question]:
+        """The oldest waiting question and those that can decode beside it: same sampling knobs,
+        (grouped: same version), adapters that fit in memory together, at most max_batch_size."""
+        from serving.batch_generation import sampling_key
 
+        first = waiting[0]
+        key = sampling_key(first.options)
+        if self.batching == "off" or key is None:
+            return [first]
+        chosen, adapters = [first], {first.adapter} - {None}
+        for question in waiting[1:]:
+            if len(chosen) >= self.max_batch_size:
+                break
+            if sampling_key(question.options) != key:
+                continue
+            if self.batching == "grouped" and question.adapter != first.adapter:
+                continue
+            needed = adapters | ({question.adapter} - {None})
+            if len(needed) > self.max_loaded_adapters:
+                continue
+            chosen.append(question)
+            adapters = needed
+        return chosen
+
+    def _answer_round(self, questions: list[_Question]) -> None:
+        """Decode one round to its end. Loads and removals wait until it is over, so no adapter
+        changes under an answer in flight; a question that cannot be served fails alone."""
+        from serving import batch_generation, generation
+
+        try:
             self._ensure_base()
-            name = self._ensure_adapter(version) if version is not None else None
-            question.send(_STARTED)
-            with self._selected(name):
-                generation.generate(self._peft or self._base, self._tokenizer, self._device, messages,
-                                    options, question.stop, question.send)
-            question.send(_DONE)
+            keep = frozenset(q.adapter for q in questions if q.adapter is not None)
+            ready: list[_Question] = []
+            for question in questions:
+                try:
+                    if question.version is not None:
+                        self._ensure_adapter(question.version, keep)
+                    ready.append(question)
+                except ModelServerError as exc:
+                    question.send(exc)
+            self._ensure_base()  # a failed first adapter load may have dropped a half-injected base
+            model = self._peft or self._base
+            rows, live = [], []
+            for question in ready:
+                try:
+                    ids = batch_generation.prompt_ids(model, self._tokenizer, self._device, question.messages,
+                                                      question.options)
+                except ModelServerError as exc:
+                    question.send(exc)
+                    continue
+                rows.append(batch_generation.Row(ids, question.options.max_tokens, question.stop, question.send,
+                                                 functools.partial(question.send, _DONE)))
+                live.append(question)
         except ModelServerError as exc:
-            question.send(exc)
-        except Exception as exc:  # torch/transformers failures: log the trace, tell the user plainly
-            log.exception("local generation failed")
-            question.send(ModelServerError(f"The local model failed while answering ({type(exc).__name__}: {exc})."))
+            for question in questions:
+                question.send(exc)
+            return
+        if not live:
+            return
+        for question in live:
+            question.send(_STARTED)
+        try:
+            names = [q.adapter for q in live]
+            if len(set(names)) == 1:
+                with self._selected(names[0]):
+                    if self.batching == "off":
+                        only = live[0]
+                        generation.generate(model, self._tokenizer, self._device, only.messages, only.options,
+                                            only.stop, only.send)
+                        only.send(_DONE)
+                    else:
+                        batch_generation.generate_rows(model, self._tokenizer, rows, live[0].options)
+            else:
+                batch_generation.generate_rows(self._peft, self._tokenizer, rows, live[0].options,
+                                               adapter_names=[name or "__base__" for name in names])
+        except ModelServerError as exc:
+            for question in live:
+                question.send(exc)
 
     def _ensure_base(self) -> None:
         if self._base is not None:
@@ -265,8 +397,9 @@ class LocalServer:
         self._device = device
         self._load_error = None
 
-    def _ensure_adapter(self, version: ModelVersion) -> str:
-        """Load (or touch, for the LRU) the version's adapter; returns its adapter name."""
+    def _ensure_adapter(self, version: ModelVersion, keep: frozenset[str] = frozenset()) -> str:
+        """Load (or touch, for the LRU) the version's adapter; returns its adapter name. Adapters
+        in `keep` (the current round's) are never evicted to make room."""
         name = adapter_name(version)
         self._ensure_base()
         if name in self._adapters:
@@ -281,7 +414,9 @@ class LocalServer:
                 "Retrain to produce a new adapter for this base model, or keep the current version active."
             )
         while len(self._adapters) >= self.max_loaded_adapters:
-            oldest = next(iter(self._adapters))
+            oldest = next((loaded for loaded in self._adapters if loaded not in keep), None)
+            if oldest is None:  # _pick_round never asks for more adapters than fit
+                raise ModelServerUnavailable("The local model has no room for another adapter right now. Try again.")
             log.info("evicting adapter %s (least recently used)", oldest)
             self._drop_adapter(oldest)
         try:
