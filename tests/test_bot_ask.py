@@ -277,3 +277,11 @@ async def test_concurrent_asks_from_two_members_both_finish(world):
     a, b = await asyncio.gather(world.ask(world.member, "One?"), world.ask(world.other, "Two?"))
     assert "One?" in a.text and "Two?" in b.text
     assert len(await world.db.answers.list(world.guild.id)) == 2
+
+
+async def test_a_question_of_only_invisible_characters_is_refused_and_reaches_no_model(world):
+    rec = await world.fake.slash(world.guild, world.channel, world.member, "ask", {"question": "\u200b\u2060\ufeff "})
+    await rec.settle(5)
+    assert rec.ephemeral and "Your question is empty" in rec.text
+    assert await world.db.answers.list(world.guild.id) == []
+    assert not [r for r in world.ollama.requests if r[1] == "/api/chat"]

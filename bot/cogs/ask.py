@@ -23,6 +23,7 @@ from bot.contributions import contribute
 from bot.formatting import NO_MENTIONS, retry_hint, shorten, split_message
 from serving.prompting import guild_messages, guild_options
 from serving.protocol import ModelServerError, ModelServerUnavailable
+from storage.conversation import is_blank
 from storage.records import Answer, ModelVersion
 
 if TYPE_CHECKING:
@@ -237,6 +238,11 @@ class AskCog(commands.Cog):
         guild_id, user_id = interaction.guild_id, interaction.user.id
         if not self.bot.tracker.ready:
             await interaction.response.send_message(WARMING_UP, ephemeral=True)
+            return
+        if is_blank(question):
+            await interaction.response.send_message(
+                "Your question is empty (only spaces or invisible characters): type the question you want answered.",
+                ephemeral=True)
             return
         refusal = self._admit(guild_id, user_id)
         if refusal:
