@@ -63,7 +63,7 @@ def main(out_dir: str, base_dir: str) -> int:
 
     def run_sft(*args, **kwargs):  # what a follower's run_sft left in its output folder
         result = original_run_sft(*args, **kwargs)
-        record["output_files"] = sorted(os.listdir(args[4]))
+        record["output_files"] = sorted(os.listdir(args[3]))
         record["steps"] = result.steps
         return result
 

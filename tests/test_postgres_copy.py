@@ -32,9 +32,9 @@ async def fill(path) -> None:
         run, _, _ = await db.runs.enqueue(guild, trigger="retrain", requested_by=9)
         await db.runs.claim(guild, run.id)
         await db.runs.update(guild, run.id, loss_history=[[1, 2.5]], metrics={"train_s": 1.5})
-        await db.runs.finish(guild, run.id, "succeeded", eval_loss=1.25)
         version = await db.versions.create(guild, run_id=run.id, adapter_path=f"/v/{guild}/1", base_model="b",
-                                           metrics={"eval_loss": 1.25}, n_examples=1)
+                                           metrics={"eval_loss": 1.25}, n_examples=1)  # the job, while running
+        await db.runs.finish(guild, run.id, "succeeded", eval_loss=1.25)
         await db.versions.activate(guild, version.id)
         await db.settings.set(guild, temperature=0.3)
     await db.close()

@@ -249,12 +249,14 @@ async def test_every_repository_query_answers_alike(db):
     assert (await db.runs.last_finished(5, "failed")).id == run2.id and await db.runs.last_finished(5, "succeeded") is None
     assert [r.id for r in await db.runs.list(5)] == [run2.id, run.id] and await db.runs.current(5) is None
 
-    version = await db.versions.create(5, run_id=run.id, adapter_path="/a", base_model="b", metrics={"x": 1},
+    run3, _, _ = await db.runs.enqueue(5, trigger="retrain")
+    assert (await db.runs.claim(5, run3.id)).status == "running"  # only a running run's adapter becomes a version
+    version = await db.versions.create(5, run_id=run3.id, adapter_path="/a", base_model="b", metrics={"x": 1},
                                        n_examples=1)
     assert await db.versions.next_number(5) == 2
     await db.versions.set_tag(5, version.id, "guildtune-5:v1")
     assert (await db.versions.by_number(5, 1)).tag == "guildtune-5:v1"
-    assert (await db.versions.for_run(5, run.id)).id == version.id
+    assert (await db.versions.for_run(5, run3.id)).id == version.id
     await db.versions.activate(5, version.id)
     assert await db.versions.all_active() == {5: version.id}
     await db.versions.mark_removed(5, version.id)  # the active one is never marked removed
