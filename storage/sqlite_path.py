@@ -1,8 +1,8 @@
 """Whether a SQLite path can hold the database, said before SQLite touches it.
 
-SQLite's own errors for a folder, a device, another program's file or a read-only place are
-terse, and on some of them aiosqlite's thread never stops; these checks name the path, the reason
-and the fix, and never write to a file that is not SQLite.
+SQLite's own errors for a folder, a device or a read-only place are terse, and on some of them
+aiosqlite's thread never stops; these checks name the path, the reason and the fix. A file that is
+not SQLite is refused by SQLite on its first read, before anything is written (`unusable`).
 """
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ import stat
 from pathlib import Path
 
 from storage.engine import DatabaseUnavailable
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-
 
 class DatabaseOpenError(DatabaseUnavailable):
     """The database file cannot be used; the message names the path, why, and what to do."""
@@ -44,14 +41,10 @@ def check_database_path(path: Path) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise DatabaseOpenError(f"The database path {path} is not a regular file (a device or a pipe): give the path "
                                 "of a file, e.g. ./data/guildtune.db.")
-    try:
-        with path.open("rb") as stream:
-            header = stream.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise DatabaseOpenError(f"The database {path} cannot be read ({exc.strerror or exc}).") from None
-    if header and header != SQLITE_HEADER[:len(header)]:
-        raise DatabaseOpenError(f"{path} is not a SQLite database (it holds something else), so it was left as it is: "
-                                "give the path of guildtune's database, or of a new file.")
+    # The file is not opened here to read its header: closing any descriptor of a database file drops
+    # every POSIX lock this process holds on it, so a connection already open in this process would
+    # lose its locks (stale reads, "disk I/O error"). SQLite itself refuses a file that is not a
+    # database on its first read, before writing anything; `unusable` says so.
 
 
 def unusable(path: str, exc: sqlite3.Error) -> str:
@@ -59,7 +52,8 @@ def unusable(path: str, exc: sqlite3.Error) -> str:
     if "readonly" in reason or "read-only" in reason:
         fix = "it is read-only: make it (and its folder) writable, or give another path"
     elif "not a database" in reason or "malformed" in reason:
-        fix = "it is not a guildtune database, or it is damaged: give another path (keep this file for recovery)"
+        return (f"{path} is not a SQLite database, or it is damaged ({reason}), so it was left as it is: give the "
+                "path of guildtune's database, or of a new file (keep this one for recovery).")
     elif "unable to open" in reason:
         fix = "the file cannot be created or opened there: give a path in a folder you can write to"
     else:

@@ -206,7 +206,7 @@ async def test_database_open_refusal_leaves_no_thread_running(tmp_path):
     with pytest.raises(DatabaseOpenError, match="not a SQLite database"):
         await Database.open(_junk(tmp_path))
     (tmp_path / "short.db").write_bytes(b"SQLite")  # a header prefix: SQLite itself must refuse it
-    with pytest.raises(DatabaseOpenError, match="not a guildtune database"):
+    with pytest.raises(DatabaseOpenError, match="not a SQLite database, or it is damaged"):
         await Database.open(tmp_path / "short.db")
     for _ in range(50):  # the SQLite thread of the refused open ends on its own, just after the answer
         if threading.active_count() == before:
