@@ -90,7 +90,8 @@ def test_tokens_the_stage_sees_are_the_ask_prompt_and_the_answer(tiny_model_dir)
         assert completion_ids[-1] == tokenizer.convert_tokens_to_ids("<end_of_turn>")
     control = {tokenizer.convert_tokens_to_ids(t) for t in ("<start_of_turn>", "<end_of_turn>")}
     # the member's text never becomes control tokens: only the template's own markers are
-    assert sum(t in control for t in ds["prompt_ids"][2]) == 3 and sum(t in control for t in ds["completion_ids"][2]) == 1
+    assert sum(t in control for t in ds["prompt_ids"][2]) == 3
+    assert sum(t in control for t in ds["completion_ids"][2]) == 1
     with pytest.raises(ValueError, match="max_length=16"):
         tokenized_rows(tokenizer, rows, max_length=16)
 

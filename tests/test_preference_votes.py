@@ -14,8 +14,9 @@ GUILD = 7
 
 
 @pytest.fixture
-async def db(tmp_path):
-    database = await Database.open(tmp_path / "v.db")
+async def db(db_url):
+    """On each engine (SQLite, PostgreSQL: tests/conftest.py)."""
+    database = await Database.open(db_url)
     yield database
     await database.close()
 

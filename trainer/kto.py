@@ -230,10 +230,11 @@ def train_kto(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], cfg: Tr
         output_dir=str(work_dir), max_steps=steps, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
         learning_rate=cfg.kto_learning_rate, lr_scheduler_type="constant", warmup_steps=0,
         max_grad_norm=cfg.max_grad_norm, beta=cfg.kto_beta, desirable_weight=desirable_weight,
-        undesirable_weight=undesirable_weight, max_length=cfg.max_length, bf16=bf16, fp16=False, use_cpu=device.type == "cpu", logging_steps=1, save_strategy="no",
+        undesirable_weight=undesirable_weight, max_length=cfg.max_length, bf16=bf16, fp16=False,
+        use_cpu=device.type == "cpu", logging_steps=1, save_strategy="no",
         eval_strategy="no", report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         disable_tqdm=True, remove_unused_columns=False,
-        **{checkpointing_arg_names()[0]: False})  # KTOConfig turns it on by default; the stage is small
+        **{checkpointing_arg_names()[0]: False})  # KTOConfig's default is on; the stage is small
     trainer = _pretokenized_trainer_class()(model=model, ref_model=None, args=args, train_dataset=dataset,
                                             processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)

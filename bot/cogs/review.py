@@ -341,7 +341,8 @@ class Review(commands.Cog):
             return
         if decision.ok and interaction.message is not None:
             embed = example_embed(decision.example, source_channel_id=await self.source_channel(decision.example),
-                                  decided_by=interaction.user.id, reason=reason, votes=await self.votes(decision.example))
+                                  decided_by=interaction.user.id, reason=reason,
+                                  votes=await self.votes(decision.example))
             await interaction.response.edit_message(embed=embed, view=None)
         else:
             await interaction.response.send_message(decision.message, ephemeral=True)
