@@ -13,7 +13,19 @@ swap, as `guildtune up` does), and are asked through the real in-process server,
 The base model is measured the same way first (its drift is 0 by definition). Results are merged
 into `bench/results/learning_quality.json` under the device's key ("cpu" or "gpu").
 
+Preference part (`--preference`, issue 15): 18 invented questions of the same community
+(`bench/data/preference_facts.json`), each with a right "liked" answer and a wrong "disliked" one.
+The community had taught the disliked answers (an outdated import: what the model then says),
+beside the first `--facts` learning facts; each question's two answers are recorded as /ask
+answers, voted 👍👍 / 👎👎 and approved through the real storage path (`add_from_votes`, `decide`).
+Two runs of the real job follow: SFT only (`min_preference_examples` out of reach), then with the
+KTO stage. For each version: `prefers_liked`, the share of questions whose liked answer has the
+higher log-likelihood per token; `disliked_rate`, the share of greedy answers containing the
+disliked answer's text; `taught_recall` on the learning facts. Written under "preference" in the
+device's entry. Target: SFT+KTO's disliked_rate <= 1/3 of SFT-only's, taught recall and drift kept.
+
 Usage: python bench/learning_quality.py [--device cpu|cuda] [--facts N] [--models-dir DIR] [--base MODEL]
+                                        [--preference [--preference-facts N] [--max-steps N]]
 """
 from __future__ import annotations
 
@@ -174,6 +186,125 @@ async def run(args) -> dict:
             "device": args.device, "base_model": args.base}
 
 
+#: Invented members who vote (two votes reach the default threshold), and the approving moderator.
+VOTERS = (9001, 9002)
+MODERATOR = 9100
+
+
+async def cast_votes(db, gs, questions: list[dict]) -> int:
+    """Each question's liked and disliked answer as an /ask answer, voted and approved: the real path."""
+    approved = 0
+    for q in questions:
+        for text, kind in ((q["liked"], "up"), (q["disliked"], "down")):
+            answer = await db.answers.record(GUILD, question=q["question"], answer=text, version_id=None,
+                                             latency_ms=0, user_id=VOTERS[0])
+            for voter in VOTERS:
+                await db.answers.vote(GUILD, answer.id, voter, kind)
+            made = await db.examples.add_from_votes(GUILD, answer.id, gs)
+            if made is None:
+                raise SystemExit(f"two votes did not make a preference example of answer #{answer.id}")
+            approved += (await db.examples.decide(GUILD, made.example.id, actor_id=MODERATOR, approve=True)).ok
+    return approved
+
+
+async def preference_scores(server, version, gs, questions: list[dict], facts: list[dict], base_dir: str,
+                            device: str) -> dict:
+    """prefers_liked (log-likelihood), disliked_rate (greedy), taught_recall of one published version."""
+    from trainer.config import TrainConfig
+    from trainer.dataset import with_system_prompt
+    from trainer.kto import PreferenceRow, answer_loglik
+    from trainer.sft import evaluation_model
+
+    answers = await ask_all(server, version, gs, [q["question"] for q in questions])
+    disliked = [q["expect_disliked"].casefold() in a.casefold() for q, a in zip(questions, answers)]
+    liked = [q["expect_liked"].casefold() in a.casefold() for q, a in zip(questions, answers)]
+    rows = []
+    for i, q in enumerate(questions):
+        prompt = with_system_prompt([{"role": "user", "content": q["question"]}], gs.system_prompt)
+        rows += [PreferenceRow(i, f"{i}:liked", prompt, q["liked"], True),
+                 PreferenceRow(i, f"{i}:disliked", prompt, q["disliked"], False)]
+    cfg = TrainConfig(device=device)
+    with evaluation_model(base_dir, version.adapter_path, cfg) as (model, tokenizer):
+        loglik = answer_loglik(model, tokenizer, rows, cfg.max_length)
+    prefers = [loglik[f"{i}:liked"] > loglik[f"{i}:disliked"] for i in range(len(questions))]
+    taught, para, _ = await answers_of(server, version, gs, facts)
+    return {"prefers_liked": sum(prefers) / len(questions), "disliked_rate": sum(disliked) / len(questions),
+            "liked_rate": sum(liked) / len(questions), "taught_recall": recall(facts, taught, para)["taught_recall"],
+            "drift": version.metrics.get("drift"), "gate": version.metrics.get("gate"),
+            "answers": dict(zip([q["question"] for q in questions], answers))}
+
+
+async def run_preference(args) -> dict:
+    """SFT only vs SFT + KTO on voted answers, two runs of the real job on the same data."""
+    from rich.console import Console
+
+    from guildtune.runtime import base_model_dir
+    from guildtune.settings import load_settings
+    from guildtune.train_command import train_now
+    from serving.local_server import LocalServer
+    from storage.db import Database
+
+    facts = load_facts(Path(args.facts_file), args.facts or 16)
+    questions = load_facts(Path(args.preference_file), args.preference_facts)
+    console = Console(stderr=True)
+    work = Path(tempfile.mkdtemp(prefix="learning-quality-preference-"))
+    env = {**os.environ, "GUILDTUNE_DATA_DIR": str(work), "GUILDTUNE_DB": str(work / "lq.db"),
+           "GUILDTUNE_MODELS_DIR": str(args.models_dir), "GUILDTUNE_SERVER": "local", "GUILDTUNE_DEVICE": args.device,
+           "GUILDTUNE_BASE_MODEL": args.base,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    env.pop("GUILDTUNE_TRAIN_MAX_STEPS", None)
+    if args.max_steps:
+        env["GUILDTUNE_TRAIN_MAX_STEPS"] = str(args.max_steps)
+    os.environ.update(env)
+    settings = load_settings()
+    outdated = [{"question": q["question"], "answer": q["disliked"]} for q in questions]
+    console.print(import_facts(facts + outdated, env, work))
+    db = await Database.open(settings.db_path)
+    await db.settings.set(GUILD, system_prompt=SYSTEM_PROMPT)
+    gs = await db.settings.get(GUILD)
+    approved = await cast_votes(db, gs, questions)
+    server = LocalServer(base_model_dir(settings), device=args.device)
+    result: dict = {"n_questions": len(questions), "n_facts": len(facts), "n_preference_examples": approved}
+    try:
+        for name, train_config in (("sft_only", {"min_preference_examples": 10**6}), ("sft_kto", {})):
+            os.environ["GUILDTUNE_TRAIN_CONFIG"] = json.dumps(train_config)
+            before = await db.versions.active(GUILD)
+            t0 = time.perf_counter()
+            code = await train_now(load_settings(), GUILD, console, server=server)
+            version = await db.versions.active(GUILD)
+            if code != 0 or version is None or (before is not None and version.id == before.id):
+                [last] = (await db.runs.list(GUILD, limit=1)) or [None]
+                result[name] = {"published": False, "gate": getattr(last, "gate_reason", None),
+                                "error": getattr(last, "error", None)}
+                continue
+            result[name] = {"published": True, "train_s": time.perf_counter() - t0,
+                            **await preference_scores(server, version, gs, questions, facts, base_model_dir(settings),
+                                                      args.device)}
+            if "preference" in version.metrics:
+                result[name]["stage"] = version.metrics["preference"]
+    finally:
+        os.environ.pop("GUILDTUNE_TRAIN_CONFIG", None)
+        await server.close()
+        await db.close()
+    return result
+
+
+def print_preference(key: str, result: dict) -> None:
+    for name in ("sft_only", "sft_kto"):
+        r = result.get(name, {})
+        if not r.get("published"):
+            print(f"{key} preference {name}: not published ({r.get('gate') or r.get('error')})")
+            continue
+        print(f"{key} preference {name}: prefers liked {r['prefers_liked']:.0%}, says the disliked answer "
+              f"{r['disliked_rate']:.0%}, taught recall {r['taught_recall']:.0%}, drift {r['drift']:+.1%}")
+    a, b = result.get("sft_only", {}), result.get("sft_kto", {})
+    if a.get("published") and b.get("published"):
+        ratio = b["disliked_rate"] / a["disliked_rate"] if a["disliked_rate"] else float("nan")
+        print(f"target: disliked_rate SFT+KTO <= 1/3 of SFT only: ratio {ratio:.2f} "
+              f"({'met' if ratio <= 1 / 3 else 'missed'}); taught recall {a['taught_recall']:.0%} -> "
+              f"{b['taught_recall']:.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -182,11 +313,25 @@ def main() -> None:
     parser.add_argument("--models-dir", default=os.environ.get("GUILDTUNE_MODELS_DIR", str(REPO / "data" / "models")))
     parser.add_argument("--base", default="embedded:gemma-3-270m")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "learning_quality.json"))
+    parser.add_argument("--preference", action="store_true",
+                        help="only the preference part (votes → KTO): SFT only vs SFT+KTO, under 'preference'")
+    parser.add_argument("--preference-file", default=str(REPO / "bench" / "data" / "preference_facts.json"))
+    parser.add_argument("--preference-facts", type=int, default=None, help="use only the first N preference questions")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap SFT and KTO steps (quick checks only)")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
     key = "gpu" if args.device == "cuda" else "cpu"
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.is_file() else {}
+    if args.preference:
+        result = asyncio.run(run_preference(args))
+        data.setdefault(key, {})["preference"] = result
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+        print_preference(key, result)
+        return
+    result = asyncio.run(run(args))
+    if "preference" in data.get(key, {}):
+        result["preference"] = data[key]["preference"]  # measured by --preference, kept
     data[key] = result
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, ensure_ascii=False))

@@ -1,10 +1,15 @@
-"""Answers given by /ask and the feedback on them (votes are one per member and answer)."""
+"""Answers given by /ask and the feedback on them (votes are one per member and answer).
+
+Votes are data: when an answer's net weighted votes reach the guild's threshold it becomes a
+preference example (`preference_label` decides, `ExampleRepository.add_from_votes` stores it).
+"""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from storage.records import Answer, Feedback
+from storage.records import Answer, Feedback, GuildSettings
 
 if TYPE_CHECKING:
     from storage.db import Database
@@ -13,6 +18,24 @@ if TYPE_CHECKING:
 def _row_to_answer(r: Any) -> Answer:
     return Answer(r["id"], r["guild_id"], r["channel_id"], r["user_id"], r["question"], r["answer"],
                   r["version_id"], r["latency_ms"], r["created_at"])
+
+
+@dataclass(frozen=True)
+class VoteTally:
+    """An answer's votes: members' counts, and the net with moderators' votes weighted."""
+
+    up: int
+    down: int
+    net: int  # Σ weight × (+1 for 👍, -1 for 👎), a moderator's weight from the guild setting
+
+
+def preference_label(tally: VoteTally, gs: GuildSettings) -> str | None:
+    """'desirable' at `preference_up_votes` net 👍, 'undesirable' at `preference_down_votes` net 👎, else None."""
+    if tally.net >= gs.preference_up_votes:
+        return "desirable"
+    if -tally.net >= gs.preference_down_votes:
+        return "undesirable"
+    return None
 
 
 class AnswerRepository:
@@ -38,8 +61,9 @@ class AnswerRepository:
             "SELECT * FROM answers WHERE guild_id=? ORDER BY id DESC LIMIT ?", (guild_id, limit))
         return [_row_to_answer(r) for r in rows]
 
-    async def vote(self, guild_id: int, answer_id: int, user_id: int, kind: str) -> str:
-        """Record 👍/👎. Returns 'new', 'changed' or 'same' (clicking twice changes nothing)."""
+    async def vote(self, guild_id: int, answer_id: int, user_id: int, kind: str, *, moderator: bool = False) -> str:
+        """Record 👍/👎. Returns 'new', 'changed' or 'same' (clicking twice changes nothing).
+        `moderator`: the voter moderates this server now (their vote may weigh more)."""
         if kind not in ("up", "down"):
             raise ValueError(f"vote kind must be up or down, not {kind!r}")
         if await self.get(guild_id, answer_id) is None:
@@ -50,12 +74,13 @@ class AnswerRepository:
                 (answer_id, user_id))
             if row is None:
                 await conn.execute(
-                    "INSERT INTO feedback (guild_id, answer_id, user_id, kind, created_at) VALUES (?,?,?,?,?)",
-                    (guild_id, answer_id, user_id, kind, time.time()))
+                    "INSERT INTO feedback (guild_id, answer_id, user_id, kind, created_at, moderator)"
+                    " VALUES (?,?,?,?,?,?)", (guild_id, answer_id, user_id, kind, time.time(), int(moderator)))
                 return "new"
             if row["kind"] == kind:
                 return "same"
-            await conn.execute("UPDATE feedback SET kind=?, created_at=? WHERE id=?", (kind, time.time(), row["id"]))
+            await conn.execute("UPDATE feedback SET kind=?, created_at=?, moderator=? WHERE id=?",
+                               (kind, time.time(), int(moderator), row["id"]))
             return "changed"
 
     async def record_correction(self, guild_id: int, answer_id: int, user_id: int, example_id: int) -> None:
@@ -75,3 +100,13 @@ class AnswerRepository:
             "SELECT kind, COUNT(*) AS n FROM feedback WHERE guild_id=? AND answer_id=? GROUP BY kind",
             (guild_id, answer_id))
         return {"up": 0, "down": 0, "correction": 0} | {r["kind"]: r["n"] for r in rows}
+
+    async def vote_tally(self, guild_id: int, answer_id: int, moderator_weight: int = 1) -> VoteTally:
+        """👍/👎 counts and the net with each moderator's vote counted `moderator_weight` times."""
+        row = await self.db.fetchone(
+            "SELECT COALESCE(SUM(CASE WHEN kind='up' THEN 1 ELSE 0 END), 0) AS up,"
+            " COALESCE(SUM(CASE WHEN kind='down' THEN 1 ELSE 0 END), 0) AS down,"
+            " COALESCE(SUM((CASE WHEN kind='up' THEN 1 ELSE -1 END) * (CASE WHEN moderator=1 THEN ? ELSE 1 END)), 0)"
+            " AS net FROM feedback WHERE guild_id=? AND answer_id=? AND kind IN ('up','down')",
+            (moderator_weight, guild_id, answer_id))
+        return VoteTally(int(row["up"]), int(row["down"]), int(row["net"]))

@@ -3,6 +3,11 @@
 Every method takes the guild id and filters on it, so no call can touch another guild's rows.
 Status changes are single conditional UPDATEs inside a transaction: of two moderators deciding
 the same example at once, exactly one wins and the other is told who decided first.
+
+Preference examples (votes under /ask answers, issue 15) live in the same table with a `label`:
+`approved()` returns the demonstrations SFT trains on, `preferences()` the labelled ones the KTO
+stage sees. A preference example's content hash is kept apart from demonstrations' (a liked answer
+may also have been taught as is), and there is at most one per answer.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from storage.conversation import InvalidConversation, content_hash, validate_conversation
-from storage.records import EXAMPLE_SOURCES, Conversation, Example, ExampleEvent
+from storage.records import EXAMPLE_SOURCES, PREFERENCE_LABELS, Conversation, Example, ExampleEvent, GuildSettings
 
 if TYPE_CHECKING:
     from storage.db import Database
@@ -45,13 +50,27 @@ class BulkAddResult:
     duplicates: int
 
 
+#: What a vote example's `source` column holds: V1's CHECK allows no 'vote' (see the V6 migration).
+STORED_VOTE_SOURCE = "reaction"
+VOTE_SOURCE = "vote"
+
+
 def _row_to_example(row: Any) -> Example:
+    label = row["label"]
     return Example(
-        id=row["id"], guild_id=row["guild_id"], messages=json.loads(row["messages"]), source=row["source"],
+        id=row["id"], guild_id=row["guild_id"], messages=json.loads(row["messages"]),
+        source=VOTE_SOURCE if label is not None else row["source"],
         source_message_ids=json.loads(row["source_message_ids"]), author_id=row["author_id"],
         status=row["status"], content_hash=row["content_hash"], created_at=row["created_at"],
         updated_at=row["updated_at"], answer_id=row["answer_id"], source_channel_id=row["source_channel_id"],
+        label=label,
     )
+
+
+def _digest(clean: Conversation, label: str | None) -> str:
+    """The dedup hash: a preference example's is apart from a demonstration with the same turns."""
+    digest = content_hash(clean)
+    return digest if label is None else f"pref:{digest}"
 
 
 def _snapshot(example: Example, with_content: bool = True) -> dict[str, Any]:
@@ -120,17 +139,18 @@ class ExampleRepository:
         return BulkAddResult(created, duplicates)
 
     async def _insert(self, conn, guild_id, clean, digest, source, author_id, message_ids, status, answer_id,
-                      source_channel_id=None):
+                      source_channel_id=None, label=None):
         now = time.time()
+        stored_source = STORED_VOTE_SOURCE if label is not None else source
         row = await conn.fetchone(
             "INSERT INTO examples (guild_id, messages, source, source_message_ids, author_id, status,"
-            " content_hash, answer_id, created_at, updated_at, source_channel_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-            " RETURNING id",
-            (guild_id, json.dumps(clean, ensure_ascii=False), source, json.dumps(message_ids), author_id,
-             status, digest, answer_id, now, now, source_channel_id),
+            " content_hash, answer_id, created_at, updated_at, source_channel_id, label)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+            (guild_id, json.dumps(clean, ensure_ascii=False), stored_source, json.dumps(message_ids), author_id,
+             status, digest, answer_id, now, now, source_channel_id, label),
         )
         example = Example(row["id"], guild_id, clean, source, message_ids, author_id, status, digest,
-                          now, now, answer_id, source_channel_id)
+                          now, now, answer_id, source_channel_id, label)
         await self._event(conn, example, author_id, "created", None, _snapshot(example), None)
         return example
 
@@ -157,7 +177,7 @@ class ExampleRepository:
                 by = f" by <@{who}>" if who else ""
                 return Decision(False, before, f"Example #{example_id} was already {before.status}{by}.")
             if clean is not None:
-                digest = content_hash(clean)
+                digest = _digest(clean, before.label)
                 clash = await self.db.fetchone(
                     "SELECT id FROM examples WHERE guild_id=? AND content_hash=? AND id<>?",
                     (guild_id, digest, example_id))
@@ -189,15 +209,60 @@ class ExampleRepository:
             await self._wipe(conn, before, actor_id, "deleted")
         return await self.require(guild_id, example_id)
 
+    async def add_from_votes(self, guild_id: int, answer_id: int, gs: GuildSettings) -> AddResult | None:
+        """The answer as a pending preference example once its votes reach the guild's threshold.
+
+        None while they do not (or the answer's text was forgotten); the existing example when the
+        answer already made one (idempotent: votes changing later never make a second). The
+        conversation is what was asked (the guild's system prompt is put back at training) and the
+        answer; the author is the asker, so their /forget removes it, as a voter's does.
+        """
+        from storage.answers import preference_label
+
+        answer = await self.db.answers.get(guild_id, answer_id)
+        if answer is None:
+            raise ExampleError(f"There is no answer #{answer_id} in this server.")
+        existing = await self.db.fetchone(
+            "SELECT * FROM examples WHERE guild_id=? AND answer_id=? AND label IS NOT NULL", (guild_id, answer_id))
+        if existing:
+            return AddResult(_row_to_example(existing), created=False)
+        label = preference_label(await self.db.answers.vote_tally(guild_id, answer_id, gs.moderator_vote_weight), gs)
+        if label is None:
+            return None
+        try:
+            clean = validate_conversation([{"role": "user", "content": answer.question},
+                                           {"role": "assistant", "content": answer.answer}])
+        except InvalidConversation:
+            return None  # wiped by /forget (or never storable): nothing to learn from
+        digest = _digest(clean, label)
+        async with self.db.transaction() as conn:
+            existing = await self.db.fetchone(
+                "SELECT * FROM examples WHERE guild_id=? AND ((answer_id=? AND label IS NOT NULL) OR content_hash=?)",
+                (guild_id, answer_id, digest))
+            if existing:
+                return AddResult(_row_to_example(existing), created=False)
+            example = await self._insert(conn, guild_id, clean, digest, VOTE_SOURCE, answer.user_id, [], "pending",
+                                         answer_id, answer.channel_id, label)
+        return AddResult(example, created=True)
+
     async def forget_author(self, guild_id: int, author_id: int) -> int:
         """Privacy: wipe the content of every example this member contributed; the audit keeps
-        that it happened, without the content. The next training run no longer sees them."""
+        that it happened, without the content. The next training run no longer sees them.
+
+        Contributed includes votes: preference examples of answers they asked or voted on are wiped,
+        their votes deleted, and the text of the answers they asked blanked, so later votes cannot
+        bring the question back."""
         async with self.db.transaction() as conn:
             rows = await self.db.fetchall(
-                "SELECT * FROM examples WHERE guild_id=? AND author_id=? AND status<>'deleted'",
-                (guild_id, author_id))
+                "SELECT * FROM examples WHERE guild_id=? AND status<>'deleted' AND (author_id=? OR ("
+                "label IS NOT NULL AND answer_id IN (SELECT answer_id FROM feedback WHERE guild_id=? AND user_id=? "
+                "AND kind IN ('up','down'))))", (guild_id, author_id, guild_id, author_id))
             for row in rows:
                 await self._wipe(conn, _row_to_example(row), author_id, "forgotten")
+            await conn.execute("DELETE FROM feedback WHERE guild_id=? AND user_id=? AND kind IN ('up','down')",
+                               (guild_id, author_id))
+            await conn.execute("UPDATE answers SET question='', answer='' WHERE guild_id=? AND user_id=?",
+                               (guild_id, author_id))
         return len(rows)
 
     async def _wipe(self, conn, example: Example, actor_id, action) -> None:
@@ -224,7 +289,15 @@ class ExampleRepository:
         return [_row_to_example(r) for r in await self.db.fetchall(sql, tuple(params))]
 
     async def approved(self, guild_id: int) -> list[Example]:
-        return await self.list(guild_id, status="approved")
+        """The approved demonstrations (what SFT trains on); preference examples are `preferences()`."""
+        return [e for e in await self.list(guild_id, status="approved") if e.label is None]
+
+    async def preferences(self, guild_id: int, *, status: str = "approved") -> list[Example]:
+        """Preference examples (votes) with this status, in id order: what the KTO stage sees."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM examples WHERE guild_id=? AND status=? AND label IN (?, ?) ORDER BY id",
+            (guild_id, status, *PREFERENCE_LABELS))
+        return [_row_to_example(r) for r in rows]
 
     async def next_pending(self, guild_id: int, *, after_id: int = 0) -> tuple[Example | None, int]:
         """The oldest pending example with id > after_id (Skip moves on), and how many are pending."""
@@ -237,7 +310,7 @@ class ExampleRepository:
 
     async def find_by_source_messages(self, guild_id: int, source: str, message_ids: list[int]) -> Example | None:
         row = await self.db.fetchone(
-            "SELECT * FROM examples WHERE guild_id=? AND source=? AND source_message_ids=?",
+            "SELECT * FROM examples WHERE guild_id=? AND source=? AND source_message_ids=? AND label IS NULL",
             (guild_id, source, json.dumps(message_ids)))
         return _row_to_example(row) if row else None
 
@@ -268,8 +341,8 @@ class ExampleRepository:
         by_status = {r["status"]: r["n"] for r in await self.db.fetchall(
             "SELECT status, COUNT(*) AS n FROM examples WHERE guild_id=? GROUP BY status", (guild_id,))}
         by_source = {r["source"]: r["n"] for r in await self.db.fetchall(
-            "SELECT source, COUNT(*) AS n FROM examples WHERE guild_id=? AND status<>'deleted' GROUP BY source",
-            (guild_id,))}
+            "SELECT CASE WHEN label IS NULL THEN source ELSE ? END AS source, COUNT(*) AS n FROM examples "
+            "WHERE guild_id=? AND status<>'deleted' GROUP BY 1", (VOTE_SOURCE, guild_id))}
         return {"status": by_status, "source": by_source}
 
     async def approved_since(self, guild_id: int, since: float) -> int:

@@ -57,7 +57,8 @@ def parse_setting(name: str, raw: str) -> Any:
         }.get(name, type(default).__name__)
         raise SettingError(f"{name} = {raw!r} is not valid: expected {hint}.") from None
     limits = {"temperature": (0.0, 2.0), "top_k": (1, 1000), "max_tokens": (16, 4096),
-              "min_new_examples": (1, 100_000), "max_turns": (1, 20)}
+              "min_new_examples": (1, 100_000), "max_turns": (1, 20),
+              "preference_up_votes": (1, 1000), "preference_down_votes": (1, 1000), "moderator_vote_weight": (1, 100)}
     if name in limits:
         lo, hi = limits[name]
         if not lo <= value <= hi:

@@ -12,6 +12,8 @@ Conversation = list[dict[str, str]]
 
 EXAMPLE_SOURCES = ("teach", "reaction", "context_menu", "correction", "import")
 EXAMPLE_STATUSES = ("pending", "approved", "rejected", "deleted")
+#: Labels of preference examples (votes under /ask answers); demonstrations have none.
+PREFERENCE_LABELS = ("desirable", "undesirable")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "gated", "cancelled")
 VERSION_STATUSES = ("ready", "active", "retired", "removed")
 
@@ -30,6 +32,12 @@ class Example:
     updated_at: float
     answer_id: int | None = None
     source_channel_id: int | None = None
+    #: 'desirable' / 'undesirable' for a preference example made from votes (source 'vote'); None otherwise
+    label: str | None = None
+
+    @property
+    def is_preference(self) -> bool:
+        return self.label is not None
 
 
 @dataclass(frozen=True)
@@ -132,3 +140,7 @@ class GuildSettings:
     max_tokens: int = 512
     max_turns: int = 6
     golden_questions: list[dict[str, str]] = field(default_factory=list)
+    # votes under /ask answers → preference examples (issue 15): net 👍 (or 👎) needed, a moderator's weight
+    preference_up_votes: int = 2
+    preference_down_votes: int = 2
+    moderator_vote_weight: int = 1

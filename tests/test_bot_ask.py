@@ -219,7 +219,7 @@ async def test_a_moderators_upvote_approves_the_pair_when_the_guild_says_so(worl
     await world.fake.click(message, f"guildtune:answer:{aid}:up", world.mod)
     assert await world.examples() == []  # setting off by default
 
-    await world.configure(moderator_upvote_approves=True)
+    await world.configure(moderator_upvote_approves=True, preference_up_votes=10)  # (no preference example here)
     await world.fake.click(message, f"guildtune:answer:{aid}:up", world.member)
     assert await world.examples() == []  # not a moderator
     click = await world.fake.click(message, f"guildtune:answer:{aid}:up", world.mod)

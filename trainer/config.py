@@ -103,6 +103,25 @@ class TrainConfig:
         "help": "Share of the rows taken from the shipped general instructions (trainer/data/), so learning "
                 "the community's facts does not wreck the model's other answers. 0 turns it off."})
 
+    # --- preference stage: votes under answers, TRL KTO after SFT (trainer/kto.py) ---------------
+    min_preference_examples: int = field(default=8, metadata={
+        "help": "Approved preference examples (net-voted answers) a guild needs, with both liked and disliked "
+                "ones, before a KTO stage follows SFT in its runs. Fewer: SFT only."})
+    preference_holdout: int = field(default=1, metadata={
+        "help": "Preference examples of each label held out of the KTO stage (the same ones every run, chosen by "
+                "example key) for the gate's preference check: liked vs disliked log-likelihood margin of the "
+                "candidate against the SFT-only adapter. 0: no check."})
+    kto_epochs: int = field(default=8, metadata={
+        "help": "Passes of the KTO stage over the training preference examples (capped by max_steps)."})
+    kto_learning_rate: float = field(default=5e-5, metadata={
+        "help": "Learning rate of the KTO stage on the SFT adapter (TRL's 1e-6 default is for full fine-tuning; "
+                "a LoRA adapter needs more to move)."})
+    kto_beta: float = field(default=0.1, metadata={
+        "help": "KTO beta: how far the adapter may move from the reference (the SFT adapter); higher stays closer."})
+    kto_batch_size: int = field(default=8, metadata={
+        "help": "Preference examples per KTO forward pass (at least 2: the KL term pairs each prompt with another "
+                "row's completion); fewer examples than this make one batch."})
+
     # --- evaluation & logging -------------------------------------------------------------------
     logging_steps: int = field(default=1, metadata={"help": "Report the training loss every N steps."})
     report_to: str = field(default="none", metadata={
@@ -134,6 +153,12 @@ class TrainConfig:
             problems.append(f"paraphrase_share={self.paraphrase_share} must be between 0 and 1")
         if not 0 <= self.general_share < 1:
             problems.append(f"general_share={self.general_share} must be in [0, 1)")
+        if self.min_preference_examples < 2 or self.preference_holdout < 0 or self.kto_epochs < 1:
+            problems.append("need min_preference_examples >= 2, preference_holdout >= 0 and kto_epochs >= 1")
+        if self.kto_learning_rate <= 0 or self.kto_beta <= 0:
+            problems.append("kto_learning_rate and kto_beta must be > 0")
+        if self.kto_batch_size < 2:
+            problems.append(f"kto_batch_size={self.kto_batch_size} must be >= 2 (KTO's KL term needs two rows)")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device={self.device!r}: allowed auto, cpu, cuda")
         if self.precision not in ("auto", "bf16", "fp32"):

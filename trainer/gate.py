@@ -7,7 +7,10 @@ judges on evidence that costs the community none of them:
   at most `recall_tolerance` of it (compared per example, on the examples both were asked);
 - drift: on the base model's own answers to shipped general prompts (`trainer.drift`), the
   candidate may predict at most `max_drift` worse than the base;
-- golden questions: every expected text must appear in the candidate's answer.
+- golden questions: every expected text must appear in the candidate's answer;
+- preferences (when the run had a KTO stage on voted answers, trainer/kto.py): on voted answers
+  held out of that stage, the margin between liked and disliked answers' log-likelihood must not
+  fall below the SFT-only adapter's.
 The reason is one sentence for moderators, naming what failed and by how much.
 """
 from __future__ import annotations
@@ -47,6 +50,19 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class PreferenceCheck:
+    """Liked minus disliked mean log-likelihood per answer token on held-out voted answers."""
+
+    n_held_out: int
+    sft_margin: float
+    candidate_margin: float
+
+    @property
+    def ok(self) -> bool:
+        return self.candidate_margin >= self.sft_margin
+
+
+@dataclass(frozen=True)
 class GateResult:
     passed: bool
     reason: str
@@ -66,9 +82,10 @@ def _lost(candidate: frozenset[str], previous: frozenset[str], common: frozenset
 
 
 def decide(candidate: Evidence, previous: Evidence | None, *, previous_name: str, recall_tolerance: float,
-           max_drift: float, golden: list[GoldenCheck] = (), questions: Mapping[str, str] | None = None
-           ) -> GateResult:
-    """Pass when the candidate kept what `previous` knew (within tolerance), did not drift, kept golden answers.
+           max_drift: float, golden: list[GoldenCheck] = (), questions: Mapping[str, str] | None = None,
+           preference: PreferenceCheck | None = None) -> GateResult:
+    """Pass when the candidate kept what `previous` knew (within tolerance), did not drift, kept golden answers,
+    and (with `preference`) its preference stage did not make liked answers less preferred to disliked ones.
 
     `questions` maps example keys to their question, to name lost examples in the reason.
     """
@@ -101,5 +118,12 @@ def decide(candidate: Evidence, previous: Evidence | None, *, previous_name: str
         listing = "; ".join(f"{g.question!r} should mention {g.expect!r}" for g in failed[:5])
         return GateResult(False, f"{len(failed)} of {len(golden)} golden question(s) lost their answer: "
                                  f"{listing}", golden)
+    if preference is not None:
+        margins = (f"liked minus disliked answers' log-likelihood per token on {preference.n_held_out} held-out "
+                   f"voted answers: {preference.candidate_margin:+.3f} after the preference stage, "
+                   f"{preference.sft_margin:+.3f} with SFT only")
+        if not preference.ok:
+            return GateResult(False, f"the preference stage made voted answers worse ({margins}); {summary}", golden)
+        summary += f"; {margins}"
     reason = summary + (f"; {len(golden)} golden question(s) kept" if golden else "")
     return GateResult(True, reason, golden)

@@ -29,6 +29,7 @@ from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
 from trainer.dataset import TrainingSet, build_training_set, general_instructions
 from trainer.gate import Evidence, GoldenCheck, decide
+from trainer.kto import PreferenceSplit, preference_rows, split_preferences, with_preference_stage
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
 from trainer.sft import run_sft
 from trainer.distributed import lead_or_follow
@@ -62,6 +63,8 @@ class Evaluation:
     previous: Evidence | None
     golden: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    #: the run's preference stage (trainer/kto.py), set by `with_preference_stage`
+    preference: object = None
 
 
 def train_config(settings: Settings, n_examples: int) -> TrainConfig:
@@ -79,6 +82,12 @@ def training_rows(examples, gs, cfg: TrainConfig) -> TrainingSet:
                               passes=passes, paraphrase_share=cfg.paraphrase_share,
                               general=general_instructions() if cfg.general_share > 0 else (),
                               general_share=cfg.general_share)
+
+
+def preference_split(preferences, gs, cfg: TrainConfig) -> PreferenceSplit:
+    """The approved voted answers the KTO stage trains on and the ones the gate holds out (or why no stage)."""
+    rows = preference_rows([(e.id, e.messages, e.label) for e in preferences], gs.system_prompt)
+    return split_preferences(rows, cfg)
 
 
 def evidence_of(scores: RecallScores, drift: float | None = None) -> Evidence:
@@ -148,10 +157,13 @@ def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | 
     candidate = evidence_of(evaluation.candidate, evaluation.drift)
     gate = decide(candidate, evaluation.previous, previous_name=f"v{active.number}" if active else "the base model",
                   recall_tolerance=settings.gate_tolerance, max_drift=settings.gate_max_drift,
-                  golden=evaluation.golden, questions=questions)
+                  golden=evaluation.golden, questions=questions,
+                  preference=evaluation.preference.check if evaluation.preference is not None else None)
     metrics = {**evaluation.candidate.to_metrics(), "drift": evaluation.drift, "drift_nll": evaluation.drift_nll,
                "base_drift_nll": evaluation.base_drift_nll, "gate": gate.reason,
                "golden": [[g.question, g.ok] for g in evaluation.golden]}
+    if evaluation.preference is not None:
+        metrics["preference"] = evaluation.preference.to_metrics()
     previous = evaluation.previous
     if previous is not None:
         common = candidate.probed & previous.probed
@@ -186,6 +198,7 @@ async def run_job(run_id: int, settings: Settings) -> int:
         t0 = time.perf_counter()
         cfg = train_config(settings, len(examples))
         training = training_rows(examples, gs, cfg)
+        preferences = preference_split(await db.examples.preferences(run.guild_id), gs, cfg)
         cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
         timings["dataset_s"] = time.perf_counter() - t0
         await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
@@ -197,6 +210,8 @@ async def run_job(run_id: int, settings: Settings) -> int:
         t0 = time.perf_counter()
         evaluate = functools.partial(evaluate_candidate, base_dir=base_dir, training=training, gs=gs, active=active,
                                      settings=settings, cfg=cfg)
+        # after SFT, before the gate: KTO on the approved voted answers when there are enough of them
+        evaluate = with_preference_stage(evaluate, preferences, cfg, tmp_dir)
         result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=on_progress,
                                          should_cancel=lambda: cancel["flag"], evaluate=evaluate)
         timings["train_s"] = time.perf_counter() - t0

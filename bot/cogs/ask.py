@@ -115,8 +115,10 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button],
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: GuildtuneBot = interaction.client  # type: ignore[assignment]
         guild_id = interaction.guild_id
+        moderator = await is_moderator(bot.db, guild_id, interaction.user)
         try:
-            outcome = await bot.db.answers.vote(guild_id, self.answer_id, interaction.user.id, self.kind)
+            outcome = await bot.db.answers.vote(guild_id, self.answer_id, interaction.user.id, self.kind,
+                                                moderator=moderator)
         except LookupError as exc:
             await interaction.response.send_message(str(exc), ephemeral=True)
             return
@@ -125,9 +127,23 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button],
                 "same": f"You already gave this answer a {emoji}; it counts once."}[outcome]
         if self.kind == "up":
             text += await self._moderator_approval(bot, interaction)
+        if outcome != "same":
+            text += await self._preference_example(bot, interaction)
         tally = await bot.db.answers.tally(guild_id, self.answer_id)
         text += f"\n-# This answer: 👍 {tally['up']} · 👎 {tally['down']}"
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def _preference_example(self, bot: "GuildtuneBot", interaction: discord.Interaction) -> str:
+        """Enough net votes make the answer a pending preference example (once per answer), sent to review."""
+        guild_id = interaction.guild_id
+        result = await bot.db.examples.add_from_votes(guild_id, self.answer_id, await bot.db.settings.get(guild_id))
+        if result is None or not result.created:
+            return ""
+        example = result.example
+        bot.dispatch("example_pending", example, example.source_channel_id)
+        liked = "liked" if example.label == "desirable" else "disliked"
+        return (f"\nWith this vote the answer is {liked} enough to teach from: it is preference example "
+                f"#{example.id}, pending a moderator's review.")
 
     async def _moderator_approval(self, bot: "GuildtuneBot", interaction: discord.Interaction) -> str:
         """A moderator's 👍 makes the question and answer an approved example (guild setting)."""

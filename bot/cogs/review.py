@@ -50,13 +50,22 @@ def conversation_text(messages: Conversation, budget: int = EMBED_TEXT_BUDGET) -
     return text[:budget] + f"…\n\n*({hidden:,} more characters not shown here; Edit shows everything.)*"
 
 
+PREFERENCE_TITLES = {"desirable": "👍 liked answer", "undesirable": "👎 disliked answer"}
+
+
 def example_embed(example: Example, *, source_channel_id: int | None = None, pending: int | None = None,
-                  decided_by: int | None = None, reason: str | None = None) -> discord.Embed:
-    """The card for one example: content, author, source, jump links, and its decision if any."""
+                  decided_by: int | None = None, reason: str | None = None,
+                  votes: tuple[int, int] | None = None) -> discord.Embed:
+    """The card for one example: content, author, source, jump links, and its decision if any.
+    A preference example (votes under an answer) also says whether it is liked or disliked and
+    shows the answer's 👍/👎 counts (`votes`)."""
     title = f"Example #{example.id} · {example.status}"
+    if example.label is not None:
+        title += f" · {PREFERENCE_TITLES[example.label]}"
     embed = discord.Embed(title=title, description=conversation_text(example.messages),
                           colour=COLOURS.get(example.status, discord.Colour.default()))
-    embed.add_field(name="Author", value=f"<@{example.author_id}>" if example.author_id else "unknown (import)")
+    author = "Asked by" if example.label is not None else "Author"
+    embed.add_field(name=author, value=f"<@{example.author_id}>" if example.author_id else "unknown (import)")
     source = example.source.replace("_", " ")
     if example.source_message_ids:
         if source_channel_id is not None:
@@ -67,7 +76,12 @@ def example_embed(example: Example, *, source_channel_id: int | None = None, pen
             links = f"message id(s) {links}"
         source = f"{source} · {links}"
     embed.add_field(name="Source", value=source[:1024])
-    if example.answer_id:
+    if example.label is not None:
+        counts = f" · 👍 {votes[0]} · 👎 {votes[1]}" if votes is not None else ""
+        teaches = ("approved, the model is taught to answer like this" if example.label == "desirable"
+                   else "approved, the model is taught not to answer like this")
+        embed.add_field(name="Votes", value=f"answer #{example.answer_id}{counts}\n-# {teaches}")
+    elif example.answer_id:
         embed.add_field(name="Corrects", value=f"answer #{example.answer_id}")
     if example.status in ("approved", "rejected") and decided_by is not None:
         verb = "Approved" if example.status == "approved" else "Rejected"
@@ -207,6 +221,13 @@ class Review(commands.Cog):
                 return answer.channel_id
         return None
 
+    async def votes(self, example: Example) -> tuple[int, int] | None:
+        """(👍, 👎) under the answer a preference example came from; None for other examples."""
+        if example.label is None or example.answer_id is None:
+            return None
+        tally = await self.bot.db.answers.tally(example.guild_id, example.answer_id)
+        return tally["up"], tally["down"]
+
     async def card(self, guild_id: int, *, after_id: int = 0) -> tuple[discord.Embed | None, discord.ui.View | None,
                                                                        str | None]:
         """The next pending example after `after_id` (wrapping to the oldest), as embed + buttons."""
@@ -217,14 +238,15 @@ class Review(commands.Cog):
             note = "That was the newest pending example; back to the oldest."
         if example is None:
             return None, None, None
-        embed = example_embed(example, source_channel_id=await self.source_channel(example), pending=pending)
+        embed = example_embed(example, source_channel_id=await self.source_channel(example), pending=pending,
+                              votes=await self.votes(example))
         return embed, review_view(example.id, "card"), note
 
     async def update_posts(self, example: Example, decided_by: int, reason: str | None,
                            skip_message_id: int | None = None) -> None:
         """Show the decision on every review-channel post of this example and remove its buttons."""
         embed = example_embed(example, source_channel_id=await self.source_channel(example),
-                              decided_by=decided_by, reason=reason)
+                              decided_by=decided_by, reason=reason, votes=await self.votes(example))
         for channel_id, message_id in await self.bot.db.examples.review_posts(example.guild_id, example.id):
             if message_id == skip_message_id:
                 continue
@@ -319,7 +341,8 @@ class Review(commands.Cog):
             return
         if decision.ok and interaction.message is not None:
             embed = example_embed(decision.example, source_channel_id=await self.source_channel(decision.example),
-                                  decided_by=interaction.user.id, reason=reason)
+                                  decided_by=interaction.user.id, reason=reason,
+                                  votes=await self.votes(decision.example))
             await interaction.response.edit_message(embed=embed, view=None)
         else:
             await interaction.response.send_message(decision.message, ephemeral=True)
@@ -340,7 +363,7 @@ class Review(commands.Cog):
             return
         if source_channel_id is None:
             source_channel_id = await self.source_channel(example)
-        embed = example_embed(example, source_channel_id=source_channel_id)
+        embed = example_embed(example, source_channel_id=source_channel_id, votes=await self.votes(example))
         embed.set_footer(text=f"Moderators: use the buttons, or react {APPROVE_EMOJI} to approve / "
                               f"{REJECT_EMOJI} to reject.")
         try:
