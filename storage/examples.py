@@ -50,7 +50,7 @@ class BulkAddResult:
     duplicates: int
 
 
-#: What a vote example's `source` column holds: V1's CHECK allows no 'vote' (see the V6 migration).
+#: What a vote example's `source` column holds: V1's CHECK allows no 'vote' (see the V5 migration).
 STORED_VOTE_SOURCE = "reaction"
 VOTE_SOURCE = "vote"
 

@@ -1,4 +1,4 @@
--- V6: votes under /ask answers become preference examples (issue 15).
+-- V5: votes under /ask answers become preference examples (issue 15).
 -- A preference example is a row of `examples` with a `label`: its last turn is the model's answer,
 -- 'desirable' (net 👍) or 'undesirable' (net 👎); demonstrations (everything else) keep NULL.
 -- One table keeps /review, /forget, stats and the audit working for it unchanged. The V1 CHECK on
