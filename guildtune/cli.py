@@ -58,6 +58,16 @@ def guild_option(help: str = "Discord guild (server) id."):
 DB_SETTING_HINT = " (The path comes from GUILDTUNE_DB, or GUILDTUNE_DATA_DIR/guildtune.db; see .env.example.)"
 
 
+def print_table(title: str, columns: tuple[str, str], rows) -> None:
+    """A two-column table (name, right-aligned figure) on stdout."""
+    table = Table(title=title)
+    table.add_column(columns[0])
+    table.add_column(columns[1], justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
 def run_async(coro) -> int:
     """Run a command's coroutine; errors meant for the user are printed without a traceback."""
     from guildtune.runtime import ServiceError
@@ -271,12 +281,7 @@ def db_copy(
         counts = asyncio.run(copy_database(source, target, replace=replace))
     except (CopyError, DatabaseUnavailable) as exc:
         raise fail(str(exc)) from None
-    table = Table(title=f"{shown_from} → {shown_to}")
-    table.add_column("table")
-    table.add_column("rows", justify="right")
-    for name, n in counts.items():
-        table.add_row(name, f"{n:,}")
-    Console().print(table)
+    print_table(f"{shown_from} → {shown_to}", ("table", "rows"), [(name, f"{n:,}") for name, n in counts.items()])
     console.print(f"Copied {sum(counts.values()):,} rows in {len(counts)} tables; every count matches the source. "
                   f"Set GUILDTUNE_DB={shown_to} for the bot and the trainer.", highlight=False, markup=False)
 
@@ -353,9 +358,5 @@ def estimate(
                               gradient_checkpointing=gradient_checkpointing, models_dir=settings.models_dir)
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from None
-    table = Table(title=f"{model}: {method}, seq {seq_len}, batch {batch}")
-    table.add_column("part")
-    table.add_column("GiB", justify="right")
-    for name, value in est.rows():
-        table.add_row(name, f"{value:.2f}")
-    Console().print(table)
+    print_table(f"{model}: {method}, seq {seq_len}, batch {batch}", ("part", "GiB"),
+                [(name, f"{value:.2f}") for name, value in est.rows()])

@@ -61,7 +61,7 @@ def _cache_path(cache_dir: Path, base_dir: str | Path, system_prompt: str | None
     return cache_dir / f"drift-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def _base_view(model: Any):
+def base_view(model: Any):
     """A context in which a PEFT model answers as its base (adapter off); a plain model is the base."""
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
@@ -80,7 +80,7 @@ def reference(model: Any, tokenizer: Any, base_dir: str | Path, system_prompt: s
         except (OSError, ValueError, KeyError, TypeError):
             pass  # rebuilt below
     asked = [general_prompt_messages(p, system_prompt) for p in prompts]
-    with _base_view(model):
+    with base_view(model):
         answers = greedy_answers(model, tokenizer, asked, [REFERENCE_TOKENS] * len(asked), batch_size)
         conversations = [[*m, {"role": "assistant", "content": a}] for m, a in zip(asked, answers) if a.strip()]
         if not conversations:

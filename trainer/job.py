@@ -91,8 +91,8 @@ def preference_split(preferences, gs, cfg: TrainConfig) -> PreferenceSplit:
 
 
 def evidence_of(scores: RecallScores, drift: float | None = None) -> Evidence:
-    return Evidence(frozenset(scores.taught), frozenset(k for k, v in scores.taught.items() if v),
-                    frozenset(k for k, v in scores.paraphrase.items() if v), drift)
+    """The gate's view of `scores`: the same record a version keeps in its metrics."""
+    return Evidence.from_metrics({**scores.to_metrics(), "drift": drift})
 
 
 def previous_evidence(model, tokenizer, probes, active: ModelVersion | None) -> Evidence | None:
@@ -102,10 +102,10 @@ def previous_evidence(model, tokenizer, probes, active: ModelVersion | None) -> 
     version is judged by what its own gate recorded, or, for a version recorded before the gate kept
     that, asked now with its adapter loaded beside the candidate's.
     """
-    from trainer.drift import _base_view
+    from trainer.drift import base_view
 
     if active is None:
-        with _base_view(model):
+        with base_view(model):
             return evidence_of(recall_scores(model, tokenizer, probes))
     recorded = Evidence.from_metrics(active.metrics)
     if recorded is not None:
