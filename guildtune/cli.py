@@ -122,8 +122,8 @@ def dataset_import(
     column: list[str] = typer.Option([], "--column", "-c", help="Column mapping for CSV/XLSX, e.g. -c prompt=Question -c response=Answer."),
 ) -> None:
     """Import conversations into a guild's examples: all rows or none (unless --skip-invalid)."""
-    from storage.conversation import InvalidConversation, validate_conversation
-    from storage.formats import FORMATS, TOOL_SKIP_REASON, ImportFormatError, parse_file
+    from storage.dataset_files import InvalidRows, import_file
+    from storage.formats import FORMATS, TOOL_SKIP_REASON, ImportFormatError
 
     settings = settings_or_exit()
     if format is not None and format not in FORMATS:
@@ -135,36 +135,29 @@ def dataset_import(
             raise fail(f"--column {item!r} must look like field=Column Name (e.g. prompt=Question).", 2)
         column_map[key.strip()] = value.strip()
     input_file(file)
-    try:
-        result = parse_file(file, format, column_map=column_map or None, keep_tool_turns=keep_tool_turns,
-                            skip_invalid=skip_invalid)
-    except ImportFormatError as exc:
-        raise fail(f"{exc}\nNothing was imported.") from None
-    valid, invalid = [], []
-    for row in result.rows:
-        try:
-            valid.append(validate_conversation(row.conversation))
-        except InvalidConversation as exc:
-            invalid.append(f"{file.name} {row.location}: {exc}")
-    if invalid and not skip_invalid:
-        listing = "\n  ".join(invalid[:50]) + (f"\n  ... and {len(invalid) - 50} more" if len(invalid) > 50 else "")
-        raise fail(f"{len(invalid)} invalid row(s):\n  {listing}\nNothing was imported. Fix the rows, or pass "
-                   "--skip-invalid to import the rest.")
 
     async def write():
         db = await open_db(settings)
         try:
-            return await db.examples.add_many(guild, valid, source="import", author_id=None,
-                                              status="approved" if approve else "pending")
+            return await import_file(db, guild, file, format=format, column_map=column_map or None,
+                                     keep_tool_turns=keep_tool_turns, skip_invalid=skip_invalid, approve=approve)
         finally:
             await db.close()
 
-    added = run_async(write())
-    status = "approved" if approve else "pending"
-    console.print(result.summary(), highlight=False, markup=False)
-    console.print(f"Imported {added.created} example(s) as {status} into guild {guild}; "
-                  f"{added.duplicates} duplicate(s) skipped.", highlight=False)
-    bad_rows = [f"{s.location}: {s.reason}" for s in result.skipped if s.reason != TOOL_SKIP_REASON] + invalid
+    try:
+        done = run_async(write())
+    except ImportFormatError as exc:
+        raise fail(f"{exc}\nNothing was imported.") from None
+    except InvalidRows as exc:
+        listing = "\n  ".join(f"{r.location}: {r.reason}" for r in exc.rows[:50])
+        more = f"\n  ... and {len(exc.rows) - 50} more" if len(exc.rows) > 50 else ""
+        raise fail(f"{len(exc.rows)} invalid row(s):\n  {listing}{more}\nNothing was imported. Fix the rows, or "
+                   "pass --skip-invalid to import the rest.") from None
+    console.print(done.parsed.summary(), highlight=False, markup=False)
+    console.print(f"Imported {done.created} example(s) as {done.status} into guild {guild}; "
+                  f"{done.duplicates} duplicate(s) skipped.", highlight=False)
+    bad_rows = [f"{s.location}: {s.reason}" for s in done.parsed.skipped + done.invalid
+                if s.reason != TOOL_SKIP_REASON]
     if bad_rows:
         console.print(f"Skipped {len(bad_rows)} invalid row(s):", highlight=False)
         for line in bad_rows:
@@ -174,38 +167,39 @@ def dataset_import(
 @dataset_app.command("export")
 def dataset_export(
     guild: int = guild_option(),
-    format: str = typer.Option("messages", "--format", "-f", help="messages (JSONL, what TRL reads), alpaca or sharegpt."),
+    format: str = typer.Option("messages", "--format", "-f", help="messages (JSONL, what TRL's SFTTrainer reads), "
+                               "alpaca or sharegpt: the taught examples; kto: the voted answers as prompt/completion/"
+                               "label JSONL (what TRL's KTOTrainer reads)."),
     status: str = typer.Option("approved", "--status", "-s", help="Which examples: pending, approved, rejected or all."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write; stdout when left out."),
 ) -> None:
-    """Export a guild's examples (approved ones by default)."""
-    from storage.formats import export_conversations
+    """Export a guild's examples (approved ones by default); voted answers only with --format kto."""
+    from storage.dataset_files import ExportOptionError, export_examples
 
     settings = settings_or_exit()
-    if format not in ("messages", "alpaca", "sharegpt"):
-        raise fail(f"--format {format!r} cannot be exported; use messages, alpaca or sharegpt.", 2)
-    if status not in ("pending", "approved", "rejected", "all"):
-        raise fail(f"--status {status!r} is not known; use pending, approved, rejected or all.", 2)
 
     async def read():
         db = await open_db(settings)
         try:
-            rows = await db.examples.list(guild, status=None if status == "all" else status)
-            return [e.messages for e in rows if e.status != "deleted"]
+            return await export_examples(db, guild, format=format, status=status)
         finally:
             await db.close()
 
-    conversations = run_async(read())
-    text = export_conversations(conversations, format)
+    try:
+        export = run_async(read())
+    except ExportOptionError as exc:
+        raise fail(str(exc), 2) from None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     if output is None:
-        sys.stdout.write(text)
+        sys.stdout.write(export.text)
     else:
         try:
-            output.write_text(text, encoding="utf-8")
+            output.write_text(export.text, encoding="utf-8")
         except OSError as exc:
             raise fail(f"{_shown(output)} cannot be written ({exc.strerror or exc}): give a file path in a folder "
                        "you can write to.") from None
-        console.print(f"Wrote {len(conversations)} conversation(s) to {output}.", highlight=False)
+        console.print(f"Wrote {export.what} to {output}.", highlight=False)
 
 
 @dataset_app.command("stats")

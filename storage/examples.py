@@ -48,6 +48,18 @@ class Decision:
 class BulkAddResult:
     created: int
     duplicates: int
+    #: (position from 1, problem) of each conversation left out by `add_many(skip_invalid=True)`
+    invalid: tuple[tuple[int, str], ...] = ()
+
+
+class InvalidConversations(InvalidConversation):
+    """A bulk add refused: every invalid conversation, as (position from 1, problem), in `problems`."""
+
+    def __init__(self, problems: list[tuple[int, str]]):
+        self.problems = problems
+        number, problem = problems[0]
+        more = f" ({len(problems) - 1} more conversation(s) are invalid too)" if len(problems) > 1 else ""
+        super().__init__(f"Conversation {number}: {problem}{more}")
 
 
 #: What a vote example's `source` column holds: V1's CHECK allows no 'vote' (see the V5 migration).
@@ -118,25 +130,29 @@ class ExampleRepository:
 
     async def add_many(
         self, guild_id: int, conversations: Iterable[Conversation], *, source: str,
-        author_id: int | None, status: str = "pending",
+        author_id: int | None, status: str = "pending", skip_invalid: bool = False,
     ) -> BulkAddResult:
-        """All or nothing: every conversation is validated before the first row is written, and
-        the rows appear together (storage.bulk_import), without blocking other writers for long."""
+        """All or nothing: every conversation is validated before the first row is written (any
+        invalid one raises InvalidConversations naming them all, unless `skip_invalid` leaves them
+        out and reports them), and the rows appear together (storage.bulk_import), without blocking
+        other writers for long."""
         from storage.bulk_import import import_conversations
 
         if source not in EXAMPLE_SOURCES:
             raise ValueError(f"unknown source {source!r}")
         if status not in ("pending", "approved"):
             raise ValueError(f"new examples are pending or approved, not {status!r}")
-        cleaned = []
+        cleaned, invalid = [], []
         for i, conv in enumerate(conversations, 1):
             try:
                 cleaned.append(validate_conversation(conv))
             except InvalidConversation as exc:
-                raise InvalidConversation(f"Conversation {i}: {exc}") from None
+                invalid.append((i, str(exc)))
+        if invalid and not skip_invalid:
+            raise InvalidConversations(invalid)
         created, duplicates = await import_conversations(self.db, guild_id, cleaned, source=source,
                                                          author_id=author_id, status=status)
-        return BulkAddResult(created, duplicates)
+        return BulkAddResult(created, duplicates, tuple(invalid))
 
     async def _insert(self, conn, guild_id, clean, digest, source, author_id, message_ids, status, answer_id,
                       source_channel_id=None, label=None):

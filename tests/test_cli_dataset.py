@@ -37,7 +37,7 @@ def test_import_stats_export_roundtrip(run, tmp_path):
     assert stats.exit_code == 0 and "approved" in stats.output and "91" in stats.output
     out = tmp_path / "identity.jsonl"
     r = run("dataset", "export", "--guild", 7, "-o", out)
-    assert r.exit_code == 0 and "Wrote 91 conversation(s)" in r.output
+    assert r.exit_code == 0 and "Wrote 91 approved example(s)" in r.output
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(lines) == 91 and lines[0]["messages"][0]["role"] == "user"
     # guild 8's examples are pending: an approved-only export of guild 8 is empty, and nothing leaks into 7

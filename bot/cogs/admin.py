@@ -18,7 +18,7 @@ from discord.ext import commands
 from bot.checks import ensure_moderator, is_moderator
 from bot.formatting import discord_timestamp, learning_scores
 from bot.progress import ProgressReporter, running_text
-from storage.formats import EXPORT_FORMATS, EXPORT_SUFFIXES, export_conversations
+from storage.dataset_files import DATASET_EXPORT_FORMATS, EXPORT_STATUSES, KTO_FORMAT, export_examples
 from storage.guild_settings import FIELDS, SettingError, parse_setting
 from storage.records import GuildSettings, ModelVersion, TrainingRun
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPORT_STATUSES = ("approved", "pending", "rejected", "all")
 SETTING_HELP = {
     "moderator_role_ids": "roles whose members moderate (role mentions or ids, space-separated)",
     "review_channel_id": "channel for new pending examples and training progress (mention, id, or off)",
@@ -257,37 +256,36 @@ class Admin(commands.Cog):
         await interaction.response.send_message(fit(lines), ephemeral=True)
 
     @dataset_group.command(name="export", description="Moderators: download this server's examples as a file.")
-    @app_commands.describe(format="messages: JSONL that TRL reads; alpaca or sharegpt: JSON",
+    @app_commands.describe(format="messages: JSONL that TRL reads; alpaca or sharegpt: JSON; kto: the voted answers",
                            status="which examples (default: approved)")
     @app_commands.choices(
-        format=[app_commands.Choice(name=f, value=f) for f in EXPORT_FORMATS],
+        format=[app_commands.Choice(name=f, value=f) for f in DATASET_EXPORT_FORMATS],
         status=[app_commands.Choice(name=s, value=s) for s in EXPORT_STATUSES])
     async def dataset_export(self, interaction: discord.Interaction, format: str = "messages",
                              status: str = "approved") -> None:
         if not await ensure_moderator(interaction):
             return
         guild_id = interaction.guild_id
-        rows = await self.bot.db.examples.list(guild_id, status=None if status == "all" else status)
-        conversations = [e.messages for e in rows if e.status != "deleted"]
-        if not conversations:
-            await interaction.response.send_message(f"There are no {'' if status == 'all' else status + ' '}"
-                                                    "examples to export yet.", ephemeral=True)
-            return
         try:
-            text = export_conversations(conversations, format)
+            export = await export_examples(self.bot.db, guild_id, format=format, status=status)
         except ValueError as exc:
             await interaction.response.send_message(str(exc), ephemeral=True)
             return
-        data = text.encode("utf-8")
+        if not export.count:
+            kind = "voted answers" if format == KTO_FORMAT else "examples"
+            await interaction.response.send_message(f"There are no {'' if status == 'all' else status + ' '}"
+                                                    f"{kind} to export yet.", ephemeral=True)
+            return
+        data = export.text.encode("utf-8")
         if len(data) > interaction.filesize_limit:
             await interaction.response.send_message(
                 f"The export is {len(data) / 1e6:.1f} MB, more than Discord lets the bot attach here. "
                 f"Export it on the bot's machine: `guildtune dataset export --guild {guild_id} --format {format} "
-                f"--status {status} -o examples{EXPORT_SUFFIXES[format]}`.", ephemeral=True)
+                f"--status {status} -o examples{export.suffix}`.", ephemeral=True)
             return
-        filename = f"guildtune-{guild_id}-{status}-{format}{EXPORT_SUFFIXES[format]}"
+        filename = f"guildtune-{guild_id}-{status}-{format}{export.suffix}"
         await interaction.response.send_message(
-            f"{len(conversations)} {status} example(s) in {format} format.",
+            f"{export.what} in {format} format.",
             file=discord.File(io.BytesIO(data), filename=filename), ephemeral=True)
 
     # --- /config --------------------------------------------------------------------------------

@@ -1,19 +1,21 @@
-"""Writing conversations out: messages JSONL (what TRL reads), alpaca JSON, sharegpt JSON.
+"""Writing conversations out: messages JSONL (what TRL reads), alpaca JSON, sharegpt JSON; and voted
+answers as KTO JSONL (prompt/completion/label, what TRL's `KTOTrainer` reads).
 
-Each export parses back (parse_file) into the identical conversations.
+Each demonstration export parses back (parse_file) into the identical conversations; a KTO file is
+never read back as demonstrations (its rows match no import format).
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 
-from storage.formats import alpaca, openai_messages, sharegpt
+from storage.formats import alpaca, kto, openai_messages, sharegpt
 from storage.formats.errors import RowError
 from storage.formats.turns import Turn, to_conversation
 from storage.records import Conversation
 
 EXPORT_FORMATS = ("messages", "alpaca", "sharegpt")
-EXPORT_SUFFIXES = {"messages": ".jsonl", "alpaca": ".json", "sharegpt": ".json"}
+EXPORT_SUFFIXES = {"messages": ".jsonl", "alpaca": ".json", "sharegpt": ".json", "kto": ".jsonl"}
 
 
 def _checked(conversation: Conversation, number: int) -> Conversation:
@@ -38,3 +40,9 @@ def export_conversations(conversations: Iterable[Conversation], format: str) -> 
         return "".join(json.dumps(openai_messages.from_conversation(c), ensure_ascii=False) + "\n" for c in checked)
     convert = alpaca.from_conversation if format == "alpaca" else sharegpt.from_conversation
     return json.dumps([convert(c) for c in checked], ensure_ascii=False, indent=2) + "\n"
+
+
+def export_preferences(voted: Iterable[tuple[Conversation, bool]]) -> str:
+    """(conversation ending in the answer, liked?) pairs as KTO JSONL, one row a line."""
+    return "".join(json.dumps(kto.from_conversation(_checked(c, n), desirable), ensure_ascii=False) + "\n"
+                   for n, (c, desirable) in enumerate(voted, 1))
