@@ -209,6 +209,64 @@ async def test_a_run_with_voted_answers_has_a_preference_stage_and_gate_check(tm
         assert preference["n_desirable"] + preference["n_undesirable"] == 8 and len(preference["held_out"]) == 2
         assert "held-out voted answers" in (run.gate_reason or run.metrics["gate"])
         assert run.n_train == len(QA)  # SFT trained on the demonstrations only
+        # the progress card went on through the stage: its steps counted after SFT's
+        assert run.step == run.total_steps == run.metrics["steps"] + preference["total_steps"]
+        assert preference["total_steps"] == preference["steps"] >= 1 and not preference["cancelled"]
     finally:
         await server.close()
         await db.close()
+
+
+def test_the_stage_counts_on_after_sft_on_one_progress_bar_and_stops_when_cancelled(tiny_model_dir, tmp_path):
+    """Through `run_sft` as the job runs it: SFT's steps, then the stage's after them, until the run's
+    cancel flag stops the stage; the adapter SFT wrote stays and the run is not evaluated."""
+    from trainer.dataset import build_training_set
+    from trainer.kto import StagedProgress, with_preference_stage
+    from trainer.sft import run_sft
+
+    training = build_training_set([(i, conv(q, a)) for i, (q, a, _) in enumerate(QA, 1)], SYSTEM, passes=1)
+    cfg = TrainConfig.for_dataset(len(training.train), device="cpu", max_steps=4, learning_rate=1e-3,
+                                  logging_steps=1, min_preference_examples=8, kto_batch_size=2, kto_epochs=2)
+    split = split_preferences(preference_rows(voted(5, 4), SYSTEM), cfg)
+    assert len(split.train) == 7  # 4 batches of 2 a pass: 8 steps, capped at 4 by max_steps
+    reports: list[tuple[int, int, float | None]] = []
+    progress = StagedProgress(lambda step, total, loss, eta: reports.append((step, total, loss)))
+    adapter = tmp_path / "adapter_model.safetensors"
+    sft_adapter_bytes: list[bytes] = []
+    evaluated = []
+
+    def should_cancel() -> bool:
+        in_stage = [r for r in reports if r[0] > 4]
+        if len(in_stage) == 1 and not sft_adapter_bytes:
+            sft_adapter_bytes.append(adapter.read_bytes())  # what SFT saved, while the stage trains
+        return len(in_stage) >= 2
+
+    evaluate = with_preference_stage(lambda model, tokenizer: evaluated.append(1), split, cfg, tmp_path,
+                                     progress=progress, should_cancel=should_cancel)
+    result = run_sft(tiny_model_dir, training.train, cfg, tmp_path, on_progress=progress.sft,
+                     should_cancel=should_cancel, evaluate=evaluate)
+    sft_reports = [r for r in reports if r[1] == 4]
+    assert [r[0] for r in sft_reports] == [1, 2, 3, 4] and all(r[2] is not None for r in sft_reports)
+    # the stage's 4 steps are counted on after SFT's 4, without SFT's loss; cancelled after its second
+    assert [r[:2] for r in reports[4:]] == [(5, 8), (6, 8)] and all(r[2] is None for r in reports[4:])
+    assert not result.cancelled and result.steps == 4  # SFT itself finished
+    assert result.evaluation is None and evaluated == []
+    assert adapter.read_bytes() == sft_adapter_bytes[0]  # not rewritten by the stopped stage
+    assert not (tmp_path / "kto_state").exists()
+
+
+def test_the_stage_reports_its_own_steps_and_a_cancel_before_it_skips_it(tiny_model_dir, sft_adapter):
+    from trainer.sft import evaluation_model
+
+    cfg = TrainConfig(device="cpu", min_preference_examples=8, kto_epochs=3)
+    split = split_preferences(preference_rows(voted(5, 4), SYSTEM), cfg)
+    seen = []
+    with evaluation_model(tiny_model_dir, sft_adapter, cfg) as (model, tokenizer):
+        stage = run_preference_stage(model, tokenizer, split, cfg, sft_adapter.parent / "unused",
+                                     on_progress=lambda *report: seen.append(report))
+        assert not stage.cancelled and stage.kto.steps == stage.kto.total_steps == 3
+        assert [(s, t) for s, t, _, _ in seen] == [(1, 3), (2, 3), (3, 3)]
+        assert [loss for _, _, loss, _ in seen] == [loss for _, loss in stage.kto.loss_history]
+        assert seen[-1][3] == 0  # no time left at the last step
+        skipped = run_preference_stage(model, tokenizer, split, cfg, sft_adapter, should_cancel=lambda: True)
+    assert skipped.cancelled and not skipped.ran and skipped.kto is None

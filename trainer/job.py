@@ -29,7 +29,8 @@ from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
 from trainer.dataset import TrainingSet, build_training_set, general_instructions
 from trainer.gate import Evidence, GoldenCheck, decide
-from trainer.kto import PreferenceSplit, preference_rows, split_preferences, with_preference_stage
+from trainer.kto import (PreferenceSplit, StagedProgress, preference_rows, split_preferences,
+                         with_preference_stage)
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
 from trainer.sft import run_sft
 from trainer.distributed import lead_or_follow
@@ -211,8 +212,10 @@ async def run_job(run_id: int, settings: Settings) -> int:
         evaluate = functools.partial(evaluate_candidate, base_dir=base_dir, training=training, gs=gs, active=active,
                                      settings=settings, cfg=cfg)
         # after SFT, before the gate: KTO on the approved voted answers when there are enough of them
-        evaluate = with_preference_stage(evaluate, preferences, cfg, tmp_dir)
-        result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=on_progress,
+        progress = StagedProgress(on_progress)  # one progress bar: SFT's steps, then the stage's
+        evaluate = with_preference_stage(evaluate, preferences, cfg, tmp_dir, progress=progress,
+                                         should_cancel=lambda: cancel["flag"])
+        result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=progress.sft,
                                          should_cancel=lambda: cancel["flag"], evaluate=evaluate)
         timings["train_s"] = time.perf_counter() - t0
         log.info("trained %d steps: %s", result.steps,

@@ -16,6 +16,10 @@ log-likelihood margin is measured on the SFT adapter before the stage and on the
 in memory (`trainer.gate.PreferenceCheck`). The desirable/undesirable loss weights balance the
 labels (TRL's advice: weight x count about equal for both).
 
+Progress and cancellation are SFT's (`trainer.sft`'s callback): `StagedProgress` counts the stage's
+steps on after SFT's on the run's one progress bar, and the run's `should_cancel` stops the stage
+after the current step; a cancelled stage writes nothing and the run is not evaluated.
+
 Rows are tokenized here with the project's encoding (serving/chat_encoding.py via
 `trainer.sft.encode_conversation`), so text a member typed never becomes a control token; TRL is
 handed the ids (`_PretokenizedKTOTrainer`).
@@ -34,6 +38,7 @@ from trainer.config import TrainConfig
 from trainer.dataset import usable_examples
 from trainer.gate import PreferenceCheck
 from trainer.recall import example_key
+from trainer.sft import ProgressFn, _progress_callback, encode_conversation, mean_token_nll
 
 log = logging.getLogger("trainer.kto")
 
@@ -120,8 +125,6 @@ def tokenized_rows(tokenizer: Any, rows: Sequence[PreferenceRow], max_length: in
     Rows whose prompt alone fills `max_length` are dropped (nothing of the answer would be left)."""
     from datasets import Dataset
 
-    from trainer.sft import encode_conversation
-
     prompts, completions, labels = [], [], []
     for row in rows:
         encoded = encode_conversation(tokenizer, row.conversation)
@@ -139,8 +142,6 @@ def tokenized_rows(tokenizer: Any, rows: Sequence[PreferenceRow], max_length: in
 
 def answer_loglik(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], max_length: int) -> dict[str, float]:
     """{row key: mean log-likelihood per answer token} under `model` (the loss yardstick, `mean_token_nll`)."""
-    from trainer.sft import mean_token_nll
-
     out = {}
     for row in rows:
         nll, n = mean_token_nll(model, tokenizer, {"messages": [row.conversation]}, max_length, 1)
@@ -181,6 +182,25 @@ def _pretokenized_trainer_class():
 
 
 @dataclass
+class StagedProgress:
+    """One progress bar over a run's two stages: SFT's steps as SFT reports them, then the preference
+    stage's counted on after them (the total grows by the stage's steps once it starts). The stage
+    reports no loss: KTO's loss is another quantity than SFT's (its curve is in the stage's metrics)."""
+
+    report: ProgressFn | None
+    sft_total: int = 0
+
+    def sft(self, step: int, total: int, loss: float | None, eta_s: float | None) -> None:
+        self.sft_total = total
+        if self.report is not None:
+            self.report(step, total, loss, eta_s)
+
+    def preference(self, step: int, total: int, loss: float | None, eta_s: float | None) -> None:
+        if self.report is not None:
+            self.report(self.sft_total + step, self.sft_total + total, None, eta_s)
+
+
+@dataclass
 class KTOResult:
     steps: int
     train_loss: float | None
@@ -194,18 +214,26 @@ class KTOResult:
     duration_s: float
     #: peak CUDA memory of the stage (None on a CPU)
     peak_cuda_bytes: int | None = None
+    #: the stage's planned steps; `steps` is fewer when it was cancelled
+    total_steps: int = 0
+    cancelled: bool = False
+    #: (step, KTO loss) at each logged step
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _adapter_bytes(model: Any, name: str) -> int:
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if f".{name}." in n)
 
 
-def train_kto(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], cfg: TrainConfig, work_dir: str | Path
+def train_kto(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], cfg: TrainConfig, work_dir: str | Path,
+              *, on_progress: ProgressFn | None = None, should_cancel: Callable[[], bool] | None = None
               ) -> KTOResult:
     """Train the PEFT model's "default" adapter with KTO on `rows`, the reference a frozen copy of it.
 
     `model` is changed in place (and left in eval mode with only "default" loaded); nothing is
-    written outside `work_dir` (the Trainer's scratch folder, removed when empty)."""
+    written outside `work_dir` (the Trainer's scratch folder, removed when empty). `on_progress`
+    and `should_cancel` work as in `run_sft`: (step, total, loss, ETA) at each logged step, and
+    the stage stops after the step during which `should_cancel()` turned true (`cancelled`)."""
     import torch
     from transformers import PrinterCallback
     from trl import KTOConfig
@@ -235,8 +263,11 @@ def train_kto(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], cfg: Tr
         eval_strategy="no", report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         disable_tqdm=True, remove_unused_columns=False,
         **{checkpointing_arg_names()[0]: False})  # KTOConfig's default is on; the stage is small
-    trainer = _pretokenized_trainer_class()(model=model, ref_model=None, args=args, train_dataset=dataset,
-                                            processing_class=tokenizer)
+    history: list[tuple[int, float]] = []
+    state: dict = {"cancelled": False, "t0": time.perf_counter()}
+    trainer = _pretokenized_trainer_class()(
+        model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+        callbacks=[_progress_callback(steps, on_progress, should_cancel, history, state)])
     trainer.remove_callback(PrinterCallback)
     ref_bytes = _adapter_bytes(model, "ref")
     output = trainer.train()
@@ -252,7 +283,7 @@ def train_kto(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], cfg: Tr
                      desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
                      n_desirable=n_liked, n_undesirable=len(dataset) - n_liked, ref_adapter_bytes=ref_bytes,
                      adapter_bytes=_adapter_bytes(model, "default"), duration_s=time.perf_counter() - started,
-                     peak_cuda_bytes=peak)
+                     peak_cuda_bytes=peak, total_steps=steps, cancelled=state["cancelled"], loss_history=history)
 
 
 @dataclass
@@ -262,6 +293,8 @@ class PreferenceStage:
     ran: bool
     note: str
     kto: KTOResult | None = None
+    #: stopped by the run's `should_cancel`: the adapter was not rewritten and nothing was measured after
+    cancelled: bool = False
     held_out: list[PreferenceRow] = field(default_factory=list)
     sft_loglik: dict[str, float] = field(default_factory=dict)
     kto_loglik: dict[str, float] = field(default_factory=dict)
@@ -276,7 +309,7 @@ class PreferenceStage:
 
     def to_metrics(self) -> dict[str, Any]:
         check = self.check
-        out: dict[str, Any] = {"ran": self.ran, "note": self.note}
+        out: dict[str, Any] = {"ran": self.ran, "note": self.note, "cancelled": self.cancelled}
         if check is not None:
             out.update(sft_margin=check.sft_margin, candidate_margin=check.candidate_margin)
         if self.held_out:  # per example: key, liked?, log-likelihood SFT only → after KTO
@@ -287,19 +320,29 @@ class PreferenceStage:
             out.update(steps=k.steps, train_loss=k.train_loss, n_desirable=k.n_desirable,
                        n_undesirable=k.n_undesirable, desirable_weight=k.desirable_weight,
                        undesirable_weight=k.undesirable_weight, ref_adapter_bytes=k.ref_adapter_bytes,
-                       adapter_bytes=k.adapter_bytes, duration_s=k.duration_s, peak_cuda_bytes=k.peak_cuda_bytes)
+                       adapter_bytes=k.adapter_bytes, duration_s=k.duration_s, peak_cuda_bytes=k.peak_cuda_bytes,
+                       total_steps=k.total_steps, loss_history=k.loss_history)
         return out
 
 
 def run_preference_stage(model: Any, tokenizer: Any, split: PreferenceSplit, cfg: TrainConfig,
-                         adapter_dir: str | Path) -> PreferenceStage:
+                         adapter_dir: str | Path, *, on_progress: ProgressFn | None = None,
+                         should_cancel: Callable[[], bool] | None = None) -> PreferenceStage:
     """KTO on the SFT adapter in memory, measured before and after on the held-out rows; the adapter
-    in `adapter_dir` is rewritten with the result. A skipped split changes nothing."""
+    in `adapter_dir` is rewritten with the result. A skipped split changes nothing, nor does a stage
+    cancelled (`should_cancel`, checked before it starts and after each step)."""
     if split.skipped is not None:
         return PreferenceStage(False, split.skipped)
+    if should_cancel is not None and should_cancel():
+        return PreferenceStage(False, "cancelled before the preference stage", cancelled=True)
     stage = PreferenceStage(True, "", held_out=list(split.held_out))
     stage.sft_loglik = answer_loglik(model, tokenizer, split.held_out, cfg.max_length)
-    stage.kto = train_kto(model, tokenizer, split.train, cfg, Path(adapter_dir) / "kto_state")
+    stage.kto = train_kto(model, tokenizer, split.train, cfg, Path(adapter_dir) / "kto_state",
+                          on_progress=on_progress, should_cancel=should_cancel)
+    if stage.kto.cancelled:
+        stage.cancelled = True
+        stage.note = f"cancelled after {stage.kto.steps} of {stage.kto.total_steps} KTO steps"
+        return stage
     stage.kto_loglik = answer_loglik(model, tokenizer, split.held_out, cfg.max_length)
     model.save_pretrained(str(adapter_dir))
     stage.note = (f"KTO on {len(split.train)} voted answer(s) ({stage.kto.n_desirable} liked, "
@@ -309,12 +352,19 @@ def run_preference_stage(model: Any, tokenizer: Any, split: PreferenceSplit, cfg
 
 
 def with_preference_stage(evaluate: Callable[[Any, Any], Any], split: PreferenceSplit, cfg: TrainConfig,
-                          adapter_dir: str | Path) -> Callable[[Any, Any], Any]:
+                          adapter_dir: str | Path, *, progress: StagedProgress | None = None,
+                          should_cancel: Callable[[], bool] | None = None) -> Callable[[Any, Any], Any]:
     """An `evaluate(model, tokenizer)` for `run_sft` that first runs the preference stage on the
-    trained adapter; the evaluation it returns carries the stage as `.preference`."""
+    trained adapter; the evaluation it returns carries the stage as `.preference`. The stage reports
+    to `progress.preference` (give `run_sft` `progress.sft`) and stops on `should_cancel`; a
+    cancelled stage returns None without evaluating (the run is over)."""
 
     def stage_then_evaluate(model: Any, tokenizer: Any) -> Any:
-        stage = run_preference_stage(model, tokenizer, split, cfg, adapter_dir)
+        stage = run_preference_stage(model, tokenizer, split, cfg, adapter_dir,
+                                     on_progress=progress.preference if progress is not None else None,
+                                     should_cancel=should_cancel)
+        if stage.cancelled:
+            return None
         evaluation = evaluate(model, tokenizer)
         evaluation.preference = stage
         return evaluation
