@@ -62,6 +62,14 @@ class InvalidConversations(InvalidConversation):
         super().__init__(f"Conversation {number}: {problem}{more}")
 
 
+@dataclass(frozen=True)
+class Forgotten:
+    """What `/forget` removed: examples wiped, 👍/👎 votes deleted, questions asked (with their answers) blanked."""
+    examples: int
+    votes: int
+    questions: int
+
+
 #: What a vote example's `source` column holds: V1's CHECK allows no 'vote' (see the V5 migration).
 STORED_VOTE_SOURCE = "reaction"
 VOTE_SOURCE = "vote"
@@ -261,13 +269,13 @@ class ExampleRepository:
                                          answer_id, answer.channel_id, label)
         return AddResult(example, created=True)
 
-    async def forget_author(self, guild_id: int, author_id: int) -> int:
+    async def forget_author(self, guild_id: int, author_id: int) -> "Forgotten":
         """Privacy: wipe the content of every example this member contributed; the audit keeps
         that it happened, without the content. The next training run no longer sees them.
 
         Contributed includes votes: preference examples of answers they asked or voted on are wiped,
         their votes deleted, and the text of the answers they asked blanked, so later votes cannot
-        bring the question back."""
+        bring the question back. Returns how many of each there were."""
         async with self.db.transaction() as conn:
             rows = await self.db.fetchall(
                 "SELECT * FROM examples WHERE guild_id=? AND status<>'deleted' AND (author_id=? OR ("
@@ -275,11 +283,11 @@ class ExampleRepository:
                 "AND kind IN ('up','down'))))", (guild_id, author_id, guild_id, author_id))
             for row in rows:
                 await self._wipe(conn, _row_to_example(row), author_id, "forgotten")
-            await conn.execute("DELETE FROM feedback WHERE guild_id=? AND user_id=? AND kind IN ('up','down')",
-                               (guild_id, author_id))
-            await conn.execute("UPDATE answers SET question='', answer='' WHERE guild_id=? AND user_id=?",
-                               (guild_id, author_id))
-        return len(rows)
+            votes = await conn.execute("DELETE FROM feedback WHERE guild_id=? AND user_id=? AND kind IN ('up','down')",
+                                       (guild_id, author_id))
+            asked = await conn.execute("UPDATE answers SET question='', answer='' WHERE guild_id=? AND user_id=?"
+                                       " AND (question<>'' OR answer<>'')", (guild_id, author_id))
+        return Forgotten(len(rows), votes.rowcount, asked.rowcount)
 
     async def _wipe(self, conn, example: Example, actor_id, action) -> None:
         await conn.execute(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from storage.db import Database
+from storage.examples import Forgotten
 from storage.guild_settings import SettingError, parse_setting
 from storage.records import GuildSettings
 from tests.bot_harness import world  # noqa: F401  (world: pytest fixture)
@@ -111,7 +112,7 @@ async def test_forget_by_a_voter_wipes_the_example_and_their_votes(db):
     aid = await answer(db)
     await vote(db, aid, 1, "down")
     made = await vote(db, aid, 2, "down")
-    assert await db.examples.forget_author(GUILD, 2) == 1
+    assert await db.examples.forget_author(GUILD, 2) == Forgotten(examples=1, votes=1, questions=0)
     gone = await db.examples.get(GUILD, made.example.id)
     assert gone.status == "deleted" and gone.messages == []
     assert (await db.answers.tally(GUILD, aid))["down"] == 1  # the forgetting voter's vote is gone
@@ -124,7 +125,7 @@ async def test_forget_by_the_asker_wipes_the_example_and_later_votes_make_none(d
     aid = await answer(db, asker=100)
     await vote(db, aid, 1, "up")
     made = await vote(db, aid, 2, "up")
-    assert await db.examples.forget_author(GUILD, 100) == 1
+    assert await db.examples.forget_author(GUILD, 100) == Forgotten(examples=1, votes=0, questions=1)
     assert (await db.examples.get(GUILD, made.example.id)).status == "deleted"
     # an answer of theirs with no example yet: its text is wiped, so votes make nothing from it
     later = await answer(db, "My other question?", "Some answer.", asker=100)
@@ -162,3 +163,48 @@ async def test_votes_in_discord_make_a_reviewable_preference_card(world):
     await world.fake.click(review, f"gt:review:approve:{example.id}:card")
     assert [e.id for e in await world.db.examples.preferences(world.guild.id)] == [example.id]
     assert await world.db.examples.approved(world.guild.id) == []
+
+
+async def test_vote_settings_in_discord_and_a_moderator_vote_that_counts_double(world):
+    ac = await world.fake.autocomplete(world.guild, world.channel, world.mod, "config set",
+                                       {"setting": "vote", "value": ""}, focused="setting")
+    shown = dict(c["name"].split(": ", 1) for c in ac.choices)
+    assert {"preference_up_votes", "preference_down_votes", "moderator_vote_weight"} <= set(shown)
+    assert "net 👍" in shown["preference_up_votes"] and "net 👎" in shown["preference_down_votes"]
+    assert "moderator's 👍/👎 counts as" in shown["moderator_vote_weight"]  # each with its help text
+    rec = await world.fake.slash(world.guild, world.channel, world.mod, "config set",
+                                 {"setting": "moderator_vote_weight", "value": "2"})
+    assert rec.text == "`moderator_vote_weight` is now `2` (was `1`)."
+    world.script("Who founded the guild?", "Nobody knows.")
+    [message] = world.answer_messages(await world.ask(world.member, "Who founded the guild?"))
+    aid = int(message.buttons[0]["custom_id"].split(":")[2])
+    vote = await world.fake.click(message, f"guildtune:answer:{aid}:down", world.mod)
+    [example] = await world.examples()
+    assert f"preference example #{example.id}" in vote.text and example.label == "undesirable"
+
+
+async def test_forget_in_discord_by_a_voter_and_by_the_asker(world):
+    world.script("Where is the loot?", "Under the bridge.")
+    [message] = world.answer_messages(await world.ask(world.member, "Where is the loot?"))
+    aid = int(message.buttons[0]["custom_id"].split(":")[2])
+    carol = world.fake.add_member(world.guild, "carol")
+    for voter in (world.other, carol):
+        await world.fake.click(message, f"guildtune:answer:{aid}:up", voter)
+    [example] = await world.examples()
+    assert example.label == "desirable"
+
+    rec = await world.fake.slash(world.guild, world.channel, carol, "forget")
+    assert "votes on answers" in rec.text and "questions you asked" in rec.text
+    await world.fake.click(rec, f"guildtune:forget:{carol.id}:confirm")
+    assert rec.text.startswith("Deleted 1 example you contributed and 1 vote. ")
+    assert (await world.db.examples.get(world.guild.id, example.id)).status == "deleted"
+    assert (await world.db.answers.tally(world.guild.id, aid))["up"] == 1
+
+    rec = await world.fake.slash(world.guild, world.channel, world.member, "forget")
+    await world.fake.click(rec, f"guildtune:forget:{world.member.id}:confirm")
+    assert rec.text.startswith("Deleted 1 question you asked. ")
+    assert (await world.db.answers.get(world.guild.id, aid)).question == ""
+    # nothing of theirs is left: saying so, not "deleted 0"
+    rec = await world.fake.slash(world.guild, world.channel, world.member, "forget")
+    await world.fake.click(rec, f"guildtune:forget:{world.member.id}:confirm")
+    assert rec.text == "You have no examples, votes or questions in this server: nothing to delete."

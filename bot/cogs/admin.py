@@ -41,6 +41,9 @@ SETTING_HELP = {
     "max_tokens": "longest answer in tokens (16 to 4096)",
     "max_turns": "earlier turns a reply chain may contribute to one example (1 to 20)",
     "golden_questions": 'JSON list of {"question", "expect"} the gate checks each new model on',
+    "preference_up_votes": "net 👍 that make an /ask answer a liked preference example (1 to 1000)",
+    "preference_down_votes": "net 👎 that make an /ask answer a disliked preference example (1 to 1000)",
+    "moderator_vote_weight": "how many votes a moderator's 👍/👎 counts as (1 to 100)",
 }
 MESSAGE_LIMIT = 2000
 

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from bot.bot import GuildtuneBot
 
 CONFIRM_TEXT = ("This deletes **every example you contributed in this server** (taught, nominated with a "
-                "reaction, or corrected): their text is wiped and the next training run leaves them out. "
-                "It cannot be undone. Delete them?")
+                "reaction, or corrected), your 👍/👎 votes on answers with the answers they voted into examples, "
+                "and the questions you asked with /ask: their text is wiped and the next training run leaves "
+                "them out. It cannot be undone. Delete them?")
 
 
 class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
@@ -47,9 +48,15 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
             await interaction.response.edit_message(content="Cancelled: nothing was deleted.", view=None)
             return
         bot: GuildtuneBot = interaction.client  # type: ignore[assignment]
-        count = await bot.db.examples.forget_author(interaction.guild_id, self.user_id)
-        text = (f"Deleted {count} example{'s' if count != 1 else ''} you contributed. They are left out of "
-                "the next training run." if count else "You have no examples in this server: nothing to delete.")
+        gone = await bot.db.examples.forget_author(interaction.guild_id, self.user_id)
+        parts = [f"{n} {what}{'s' if n != 1 else ''}{where}" for n, what, where in (
+            (gone.examples, "example", " you contributed"), (gone.votes, "vote", ""),
+            (gone.questions, "question", " you asked")) if n]
+        if not parts:
+            text = "You have no examples, votes or questions in this server: nothing to delete."
+        else:
+            listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+            text = f"Deleted {listed}. They are left out of the next training run."
         await interaction.response.edit_message(content=text, view=None)
 
 
