@@ -68,10 +68,12 @@ def test_split_says_why_there_is_no_stage():
 
 
 def test_label_weights_balance_the_rarer_label():
-    rows = preference_rows(voted(6, 2), SYSTEM)
-    assert label_weights(rows) == (1.0, 3.0)
-    assert label_weights(preference_rows(voted(2, 4), SYSTEM)) == (2.0, 1.0)
-    assert label_weights(preference_rows(voted(3, 3), SYSTEM)) == (1.0, 1.0)
+    def labels(n_liked, n_disliked):
+        return [r.desirable for r in preference_rows(voted(n_liked, n_disliked), SYSTEM)]
+
+    assert label_weights(labels(6, 2)) == (1.0, 3.0)
+    assert label_weights(labels(2, 4)) == (2.0, 1.0)
+    assert label_weights(labels(3, 3)) == (1.0, 1.0)
 
 
 def test_tokens_the_stage_sees_are_the_ask_prompt_and_the_answer(tiny_model_dir):
@@ -270,3 +272,17 @@ def test_the_stage_reports_its_own_steps_and_a_cancel_before_it_skips_it(tiny_mo
         assert seen[-1][3] == 0  # no time left at the last step
         skipped = run_preference_stage(model, tokenizer, split, cfg, sft_adapter, should_cancel=lambda: True)
     assert skipped.cancelled and not skipped.ran and skipped.kto is None
+
+
+def test_label_weights_count_the_rows_trained_not_those_too_long_to_fit(tiny_model_dir, sft_adapter):
+    from trainer.kto import train_kto
+    from trainer.sft import evaluation_model
+
+    cfg = TrainConfig(device="cpu", max_length=96, max_steps=1)
+    long_question = "Tell me everything about the guild's history, " * 40
+    rows = preference_rows(voted(4, 2) + [(300, conv(long_question, "No."), "undesirable")], SYSTEM)
+    assert sum(not r.desirable for r in rows) == 3
+    with evaluation_model(tiny_model_dir, sft_adapter, cfg) as (model, tokenizer):
+        result = train_kto(model, tokenizer, rows, cfg, sft_adapter.parent / "kto_scratch")
+    assert (result.n_desirable, result.n_undesirable) == (4, 2)  # the long prompt left no room for its answer
+    assert (result.desirable_weight, result.undesirable_weight) == (1.0, 2.0)

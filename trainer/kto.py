@@ -110,10 +110,11 @@ def split_preferences(rows: Sequence[PreferenceRow], cfg: TrainConfig) -> Prefer
     return PreferenceSplit([r for r in rows if r.example_id not in out], held_out)
 
 
-def label_weights(rows: Sequence[PreferenceRow]) -> tuple[float, float]:
-    """(desirable_weight, undesirable_weight): the rarer label's loss weighted up so weight x count is equal."""
-    n_liked = sum(r.desirable for r in rows)
-    n_disliked = len(rows) - n_liked
+def label_weights(labels: Sequence[bool]) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) for rows with these labels (True: liked): the rarer
+    label's loss weighted up so weight x count is equal."""
+    n_liked = sum(labels)
+    n_disliked = len(labels) - n_liked
     if not n_liked or not n_disliked or n_liked == n_disliked:
         return 1.0, 1.0
     return (n_disliked / n_liked, 1.0) if n_liked < n_disliked else (1.0, n_liked / n_disliked)
@@ -244,7 +245,7 @@ def train_kto(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], cfg: Tr
     for name, param in model.named_parameters():  # an adapter loaded for evaluation comes frozen
         param.requires_grad_("lora_" in name and ".default." in name)
     dataset = tokenized_rows(tokenizer, rows, cfg.max_length)
-    desirable_weight, undesirable_weight = label_weights(rows)
+    desirable_weight, undesirable_weight = label_weights(dataset["label"])  # the rows that fit, as trained
     batch = max(2, min(cfg.kto_batch_size, len(dataset)))
     steps = math.ceil(len(dataset) / batch) * cfg.kto_epochs
     if cfg.max_steps is not None:
