@@ -174,9 +174,13 @@ def dataset_export(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write; stdout when left out."),
 ) -> None:
     """Export a guild's examples (approved ones by default); voted answers only with --format kto."""
-    from storage.dataset_files import ExportOptionError, export_examples
+    from storage.dataset_files import ExportOptionError, check_export_options, export_examples
 
     settings = settings_or_exit()
+    try:
+        check_export_options(format, status)
+    except ExportOptionError as exc:
+        raise fail(str(exc), 2) from None
 
     async def read():
         db = await open_db(settings)
@@ -187,9 +191,7 @@ def dataset_export(
 
     try:
         export = run_async(read())
-    except ExportOptionError as exc:
-        raise fail(str(exc), 2) from None
-    except ValueError as exc:
+    except ValueError as exc:  # a stored conversation that would not import again
         raise fail(str(exc)) from None
     if output is None:
         sys.stdout.write(export.text)

@@ -53,6 +53,15 @@ class DatasetExport:
         return f"{self.count} {status}{kind}"
 
 
+def check_export_options(format: str, status: str) -> None:
+    """Raise ExportOptionError for an unknown format or status (before anything is opened)."""
+    if format not in DATASET_EXPORT_FORMATS:
+        raise ExportOptionError(f"Format {format!r} cannot be exported; use one of "
+                                f"{', '.join(DATASET_EXPORT_FORMATS)}.")
+    if status not in EXPORT_STATUSES:
+        raise ExportOptionError(f"Status {status!r} is not known; use one of {', '.join(EXPORT_STATUSES)}.")
+
+
 async def export_examples(db: "Database", guild_id: int, *, format: str = "messages",
                           status: str = "approved") -> DatasetExport:
     """The guild's examples with this status (deleted ones never) as a file's text.
@@ -60,11 +69,7 @@ async def export_examples(db: "Database", guild_id: int, *, format: str = "messa
     Demonstration formats hold the demonstrations only; "kto" holds the voted answers only.
     Raises ExportOptionError for an unknown format or status, ValueError for a stored conversation
     that could not be read back (named by its place in the export)."""
-    if format not in DATASET_EXPORT_FORMATS:
-        raise ExportOptionError(f"Format {format!r} cannot be exported; use one of "
-                                f"{', '.join(DATASET_EXPORT_FORMATS)}.")
-    if status not in EXPORT_STATUSES:
-        raise ExportOptionError(f"Status {status!r} is not known; use one of {', '.join(EXPORT_STATUSES)}.")
+    check_export_options(format, status)
     rows = await db.examples.list(guild_id, status=None if status == "all" else status)
     rows = [e for e in rows if e.status != "deleted"]
     if format == KTO_FORMAT:
