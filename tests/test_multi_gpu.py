@@ -109,7 +109,7 @@ def test_per_gpu_plan_keeps_the_global_batch():
     odd = one.for_processes(3)  # 8 rows over 3 GPUs: 3 each, the global batch grows by 1 row, not 16
     assert odd.per_device_batch_size == 3 and odd.steps_per_epoch(90) == 10
     assert TrainConfig(per_device_batch_size=1).for_processes(4).per_device_batch_size == 1
-    assert TrainConfig.for_dataset(3).for_processes(2).per_device_batch_size == 2
+    assert TrainConfig.for_dataset(3000).for_processes(2).per_device_batch_size == 4  # 8 a step over 2 GPUs
 
 
 def test_speed_planner_estimates_per_gpu_under_fsdp():

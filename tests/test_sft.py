@@ -146,13 +146,18 @@ def test_cancel_stops_the_run_and_writes_no_adapter(tiny_model_dir, split, tmp_p
 # --- config policy --------------------------------------------------------------------------------------
 
 def test_steps_scale_with_dataset_size():
-    cfg = TrainConfig()
+    cfg = TrainConfig(per_device_batch_size=8, target_steps=100)
     assert cfg.total_steps(8) == 30  # 1 step per epoch, capped at max_epochs
     assert cfg.total_steps(80) == 100  # 10 steps per epoch x 10 epochs
     assert cfg.total_steps(8000) == 1000  # one epoch
     assert cfg.with_overrides(max_steps=5).total_steps(8000) == 5
     assert cfg.with_overrides(num_epochs=2).total_steps(80) == 20
-    assert TrainConfig.for_dataset(3).per_device_batch_size == 3
+    # small splits: the smallest batch (more steps per pass); large ones full batches
+    assert TrainConfig.for_dataset(1).per_device_batch_size == 1
+    assert TrainConfig.for_dataset(30).per_device_batch_size == 2
+    assert TrainConfig.for_dataset(300).per_device_batch_size == 5
+    assert TrainConfig.for_dataset(3000).per_device_batch_size == 8
+    assert TrainConfig.for_dataset(30, per_device_batch_size=4).per_device_batch_size == 4
 
 
 def test_bad_config_names_each_problem():

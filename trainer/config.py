@@ -13,6 +13,10 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+#: Conversations per step that `TrainConfig.for_dataset` chooses between (see there).
+MIN_BATCH, MAX_BATCH = 2, 8
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one LoRA SFT run. Defaults suit a small community dataset on one GPU or a CPU."""
@@ -30,7 +34,7 @@ class TrainConfig:
         "help": "Rank-stabilised LoRA (scale alpha/sqrt(r)); helps at high ranks."})
 
     # --- how long ------------------------------------------------------------------------------
-    target_steps: int = field(default=100, metadata={
+    target_steps: int = field(default=60, metadata={
         "help": "Optimizer steps to aim at; epochs = ceil(target_steps / steps per epoch), then bounded by "
                 "min_epochs/max_epochs. Small datasets get more passes, large ones fewer."})
     min_epochs: int = field(default=1, metadata={"help": "At least this many passes over the training split."})
@@ -42,12 +46,15 @@ class TrainConfig:
         "help": "Hard cap on optimizer steps after the policy (GUILDTUNE_TRAIN_MAX_STEPS); for tests and demos."})
 
     # --- optimisation --------------------------------------------------------------------------
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the adapter weights."})
+    learning_rate: float = field(default=2e-3, metadata={
+        "help": "Peak learning rate of the adapter weights. High for LoRA (2e-4 is usual): a community's facts must "
+                "stick in tens of steps (bench/RESULTS.md, 'Learning what the community teaches')."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps spent warming the LR up."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the adapter weights."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    per_device_batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass."})
+    per_device_batch_size: int = field(default=8, metadata={
+        "help": "Conversations per forward pass (for_dataset picks 2-8 by the dataset's size)."})
     gradient_accumulation_steps: int = field(default=1, metadata={
         "help": "Forward passes per optimizer step; effective batch = batch size x this."})
     num_processes: int = field(default=1, metadata={
@@ -102,6 +109,10 @@ class TrainConfig:
     general_share: float = field(default=0.15, metadata={
         "help": "Share of the rows taken from the shipped general instructions (trainer/data/), so learning "
                 "the community's facts does not wreck the model's other answers. 0 turns it off."})
+    general_answers: Literal["base", "written"] = field(default="base", metadata={
+        "help": "Answers of the general rows: 'base' = the base model's own greedy answers (made once per base "
+                "and cached; replaying them keeps the version close to the base elsewhere), 'written' = the "
+                "shipped written answers."})
 
     # --- preference stage: votes under answers, TRL KTO after SFT (trainer/kto.py) ---------------
     min_preference_examples: int = field(default=8, metadata={
@@ -151,6 +162,8 @@ class TrainConfig:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
         if not 0 <= self.paraphrase_share <= 1:
             problems.append(f"paraphrase_share={self.paraphrase_share} must be between 0 and 1")
+        if self.general_answers not in ("base", "written"):
+            problems.append(f"general_answers={self.general_answers!r}: allowed base, written")
         if not 0 <= self.general_share < 1:
             problems.append(f"general_share={self.general_share} must be in [0, 1)")
         if self.min_preference_examples < 2 or self.preference_holdout < 0 or self.kto_epochs < 1:
@@ -182,10 +195,15 @@ class TrainConfig:
                     qlora: str = "auto", memory_cap_gib: float | None = None, **overrides: Any) -> "TrainConfig":
         """The default config for a training split of `n_train` conversations, with the CLI's overrides.
 
-        Tiny splits get a batch no larger than themselves (a batch of 8 over 3 examples would pad
-        and repeat nothing); the step policy then scales epochs to the data.
+        The batch is the fewest conversations a step (MIN_BATCH..MAX_BATCH) that reaches `target_steps`
+        in one pass: a fact is learned per optimizer step, while a CPU pays per conversation, so a small
+        community's few facts get small batches and a few passes (measured in bench/RESULTS.md, "Learning
+        what the community teaches") and a large import keeps full batches and one pass. Never larger than
+        the split itself; the step policy then scales the passes to the data.
         """
-        batch = overrides.pop("per_device_batch_size", None) or max(1, min(8, n_train))
+        target = overrides.get("target_steps", cls.__dataclass_fields__["target_steps"].default)
+        batch = overrides.pop("per_device_batch_size", None) or max(
+            1, min(n_train, MAX_BATCH, max(MIN_BATCH, math.ceil(n_train / max(1, target)))))
         return cls(max_steps=max_steps, device=device, qlora=qlora, memory_cap_gib=memory_cap_gib,
                    per_device_batch_size=batch, **overrides)
 

@@ -9,7 +9,9 @@ sees every example once, but not always worded the same: `paraphrase_share` of a
 copies ask its last question in another phrasing (`trainer.paraphrase.training_variants`), so the
 answer is tied to what is asked rather than to one wording. A little general instruction data
 written for the project (`trainer/data/general_instructions.json`) is mixed in, `general_share` of
-the rows, so learning the community's facts does not wreck everything else.
+the rows, so learning the community's facts does not wreck everything else: by default its questions
+with the base model's own answers (`general_answers="base"`), which keeps the version answering
+other questions as the base did (the gate's drift measure), rather than pulling it towards new text.
 
 Conversations are checked with storage's rule (`validate_conversation`), the guild's system prompt
 is put first, and duplicates (storage's `content_hash` of the turns) are dropped, keeping the oldest id.
@@ -60,11 +62,22 @@ def with_system_prompt(turns: Conversation, system_prompt: str | None) -> Conver
     return [{"role": "system", "content": system_prompt.strip()}, *turns]
 
 
-def general_instructions() -> list[Conversation]:
-    """The shipped general instruction pairs, as conversations."""
-    pairs = json.loads(files("trainer").joinpath("data/general_instructions.json").read_text(encoding="utf-8"))
-    return [[{"role": "user", "content": p["question"]}, {"role": "assistant", "content": p["answer"]}]
-            for p in pairs]
+def _general_pairs() -> list[dict[str, str]]:
+    return json.loads(files("trainer").joinpath("data/general_instructions.json").read_text(encoding="utf-8"))
+
+
+def general_questions() -> list[str]:
+    """The shipped general instructions' questions."""
+    return [p["question"] for p in _general_pairs()]
+
+
+def general_instructions(answers: Sequence[str] | None = None) -> list[Conversation]:
+    """The shipped general instructions as conversations: with their written answers, or with `answers`
+    (the base model's own, trainer.drift.prepare_base_answers); pairs with an empty answer are left out."""
+    pairs = _general_pairs()
+    replies = [p["answer"] for p in pairs] if answers is None else list(answers)
+    return [[{"role": "user", "content": p["question"]}, {"role": "assistant", "content": a}]
+            for p, a in zip(pairs, replies) if a.strip()]
 
 
 def _reworded(turns: Conversation, question: str) -> Conversation:

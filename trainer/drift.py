@@ -4,8 +4,13 @@ A fact-learning run can wreck everything else (one run on 30 facts once took the
 instructions from 1.97 to 5.98). The yardstick: the base model's own greedy answers to a fixed,
 shipped set of general prompts (`trainer/data/drift_prompts.json`, written for the project); the
 drift of a version is how much worse it predicts those answers than the base does,
-`(nll_version - nll_base) / nll_base`. The base's answers and its own loss on them are computed
-once per base model, system prompt and prompt set, and cached as JSON beside the model cache.
+`(nll_version - nll_base) / nll_base`. The base's answers are generated once per base model and
+prompt set (the slow part, before a machine's first run: `prepare_base_answers`), the base's loss on
+them once per system prompt, and both cached as JSON beside the model cache.
+
+The same base answers, to the shipped general instructions' questions, are what a run mixes back in
+against forgetting (`general_answers="base"`, trainer/dataset.py): training on what the base itself
+says anchors the adapter to the base's behaviour, where written answers pull it away from it.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from trainer.recall import greedy_answers
 #: Tokens of each base answer kept as the reference.
 REFERENCE_TOKENS = 64
 #: Bump when what a cache file holds changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def drift_prompts() -> list[str]:
@@ -56,9 +61,23 @@ def base_fingerprint(base_dir: str | Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _cache_path(cache_dir: Path, base_dir: str | Path, system_prompt: str | None, prompts: list[str]) -> Path:
-    key = json.dumps([CACHE_VERSION, base_fingerprint(base_dir), system_prompt or "", prompts, REFERENCE_TOKENS])
-    return cache_dir / f"drift-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+def _cache_path(cache_dir: Path, base_dir: str | Path, kind: str, parts: list) -> Path:
+    key = json.dumps([CACHE_VERSION, base_fingerprint(base_dir), kind, *parts, REFERENCE_TOKENS])
+    return cache_dir / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def _read_cache(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # missing or torn: rebuilt by the caller
+
+
+def _write_cache(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, ensure_ascii=False))
+    os.replace(tmp, path)
 
 
 def base_view(model: Any):
@@ -66,31 +85,62 @@ def base_view(model: Any):
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
+def cached_base_answers(base_dir: str | Path, prompts: list[str], cache_dir: Path) -> list[str] | None:
+    """The base's cached greedy answers to `prompts`, or None when they were never made."""
+    data = _read_cache(_cache_path(Path(cache_dir), base_dir, "answers", [prompts]))
+    return data if isinstance(data, list) and len(data) == len(prompts) else None
+
+
+def base_answers(model: Any, tokenizer: Any, base_dir: str | Path, prompts: list[str], cache_dir: Path,
+                 batch_size: int = 64) -> list[str]:
+    """The base model's greedy answers to `prompts` (no system prompt), made with `model`'s base view once
+    per base model and prompt set, then read from the cache: the slow part (generation) runs once per machine."""
+    answers = cached_base_answers(base_dir, prompts, cache_dir)
+    if answers is None:
+        asked = [general_prompt_messages(p, None) for p in prompts]
+        with base_view(model):
+            answers = greedy_answers(model, tokenizer, asked, [REFERENCE_TOKENS] * len(asked), batch_size)
+        _write_cache(_cache_path(Path(cache_dir), base_dir, "answers", [prompts]), answers)
+    return answers
+
+
+def as_conversations(prompts: list[str], answers: list[str], system_prompt: str | None) -> list[list[dict[str, str]]]:
+    """(prompt, answer) pairs as conversations under the guild's system prompt; empty answers are left out."""
+    return [[*general_prompt_messages(p, system_prompt), {"role": "assistant", "content": a}]
+            for p, a in zip(prompts, answers) if a.strip()]
+
+
 def reference(model: Any, tokenizer: Any, base_dir: str | Path, system_prompt: str | None, cache_dir: Path,
               max_length: int, batch_size: int) -> DriftReference:
-    """The cached reference for this base and system prompt, made with `model`'s base view when missing."""
+    """The base's answers to the drift prompts under this system prompt, and the base's NLL on them (cached)."""
     from trainer.sft import mean_token_nll
 
     prompts = drift_prompts()
-    path = _cache_path(Path(cache_dir), base_dir, system_prompt, prompts)
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return DriftReference(data["conversations"], float(data["base_nll"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # rebuilt below
-    asked = [general_prompt_messages(p, system_prompt) for p in prompts]
+    conversations = as_conversations(prompts, base_answers(model, tokenizer, base_dir, prompts, cache_dir), system_prompt)
+    if not conversations:
+        raise RuntimeError("the base model gave no answer to any drift prompt; cannot measure drift")
+    path = _cache_path(Path(cache_dir), base_dir, "drift", [system_prompt or "", prompts])
+    cached = _read_cache(path)
+    if isinstance(cached, dict) and isinstance(cached.get("base_nll"), float):
+        return DriftReference(conversations, cached["base_nll"])
     with base_view(model):
-        answers = greedy_answers(model, tokenizer, asked, [REFERENCE_TOKENS] * len(asked), batch_size)
-        conversations = [[*m, {"role": "assistant", "content": a}] for m, a in zip(asked, answers) if a.strip()]
-        if not conversations:
-            raise RuntimeError("the base model gave no answer to any drift prompt; cannot measure drift")
         base_nll, _ = mean_token_nll(model, tokenizer, {"messages": conversations}, max_length, batch_size)
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"conversations": conversations, "base_nll": base_nll}, ensure_ascii=False))
-    os.replace(tmp, path)
+    _write_cache(path, {"base_nll": base_nll})
     return DriftReference(conversations, base_nll)
+
+
+def prepare_base_answers(base_dir: str | Path, cfg: Any, cache_dir: Path, general_questions: list[str]
+                         ) -> list[str]:
+    """The base's answers to the general questions (for the mix) and to the drift prompts (for the gate),
+    loading the base once when either is missing from the cache. Returns the general questions' answers."""
+    from trainer.sft import evaluation_model
+
+    wanted = [general_questions, drift_prompts()]
+    if any(cached_base_answers(base_dir, prompts, cache_dir) is None for prompts in wanted):
+        with evaluation_model(base_dir, None, cfg) as (model, tokenizer):
+            for prompts in wanted:
+                base_answers(model, tokenizer, base_dir, prompts, cache_dir)
+    return cached_base_answers(base_dir, general_questions, cache_dir)
 
 
 def relative_drift(model: Any, tokenizer: Any, ref: DriftReference, max_length: int, batch_size: int

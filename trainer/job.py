@@ -27,13 +27,14 @@ from storage.db import Database
 from storage.records import ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
-from trainer.dataset import TrainingSet, build_training_set, general_instructions
+from trainer.dataset import TrainingSet, build_training_set, general_instructions, general_questions
 from trainer.gate import Evidence, GoldenCheck, decide
 from trainer.kto import (PreferenceSplit, StagedProgress, preference_rows, split_preferences,
                          with_preference_stage)
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
 from trainer.sft import run_sft
 from trainer.distributed import lead_or_follow
+from trainer.drift import prepare_base_answers
 
 log = logging.getLogger("trainer.job")
 
@@ -76,13 +77,22 @@ def train_config(settings: Settings, n_examples: int) -> TrainConfig:
     return TrainConfig.for_dataset(n_examples, **{**chosen, **settings.train_config})
 
 
-def training_rows(examples, gs, cfg: TrainConfig) -> TrainingSet:
+def general_rows(cfg: TrainConfig, base_dir: Path, settings: Settings) -> list:
+    """The general mix's conversations: the shipped questions with the base's own answers or the written ones."""
+    if cfg.general_share <= 0:
+        return []
+    if cfg.general_answers == "written":
+        return general_instructions()
+    return general_instructions(prepare_base_answers(base_dir, cfg, settings.models_dir / "drift",
+                                                     general_questions()))
+
+
+def training_rows(examples, gs, cfg: TrainConfig, general: list) -> TrainingSet:
     """Every approved example, `cfg.epochs` passes of it (some asked in other words), plus the general mix."""
     passes = cfg.epochs(len(examples))
     return build_training_set([(e.id, e.messages) for e in examples], system_prompt=gs.system_prompt,
                               passes=passes, paraphrase_share=cfg.paraphrase_share,
-                              general=general_instructions() if cfg.general_share > 0 else (),
-                              general_share=cfg.general_share)
+                              general=general, general_share=cfg.general_share)
 
 
 def preference_split(preferences, gs, cfg: TrainConfig) -> PreferenceSplit:
@@ -198,7 +208,8 @@ async def run_job(run_id: int, settings: Settings) -> int:
 
         t0 = time.perf_counter()
         cfg = train_config(settings, len(examples))
-        training = training_rows(examples, gs, cfg)
+        general = await asyncio.to_thread(general_rows, cfg, base_dir, settings)
+        training = training_rows(examples, gs, cfg, general)
         preferences = preference_split(await db.examples.preferences(run.guild_id), gs, cfg)
         cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
         timings["dataset_s"] = time.perf_counter() - t0

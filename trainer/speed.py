@@ -272,8 +272,31 @@ def checkpointing_arg_names() -> tuple[str, str]:
     return "gradient_checkpointing", "gradient_checkpointing_kwargs"
 
 
+def score_labelled_positions_only() -> bool:
+    """Make TRL's fused LM head project only the positions that have a label on every device.
+
+    TRL scores only labelled positions on Triton devices and every position elsewhere (static tile
+    shapes for compiled back-ends). On the CPU the LM head is most of a step for large vocabularies
+    (Gemma's 262k tokens: 168M of the 270M model's weights) while only the answers carry labels, so
+    scoring them alone gives the same loss and gradients for a fraction of the work (bench/cpu_step.py).
+    Returns whether TRL has the hook this relies on (if not, training is unchanged, only slower)."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        return False
+    if not hasattr(original, "trl_original"):
+        def compact(device) -> bool:
+            return device.type == "cpu" or original(device)
+
+        compact.trl_original = original
+        trl_utils._use_triton = compact
+    return True
+
+
 def install(trainer, choice: SpeedChoice, pad_token_id: int) -> None:
     """Apply what needs the built trainer: fixed-length packed rows and partial checkpointing."""
+    score_labelled_positions_only()
     if choice.packing:
         segments = None
         if choice.compile:  # one boundary-list length for the whole run: the most any packed row has, + padding

@@ -1,0 +1,59 @@
+"""The base model's own answers: generated once per base (the replayed general rows, the drift reference), then read."""
+from __future__ import annotations
+
+import pytest
+
+from trainer import drift
+from trainer.config import TrainConfig
+from trainer.dataset import general_instructions, general_questions
+from trainer.job import general_rows
+from trainer.recall import greedy_answers
+from trainer.sft import evaluation_model
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch, tiny_model_dir):
+    from guildtune.settings import load_settings
+
+    monkeypatch.setenv("GUILDTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GUILDTUNE_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.delenv("GUILDTUNE_DB", raising=False)
+    return load_settings()
+
+
+def test_general_rows_replay_the_base_answers_and_are_made_once(settings, tiny_model_dir, monkeypatch):
+    cfg = TrainConfig(device="cpu")
+    rows = general_rows(cfg, tiny_model_dir, settings)
+    with evaluation_model(tiny_model_dir, None, cfg) as (model, tokenizer):
+        expected = greedy_answers(model, tokenizer, [[{"role": "user", "content": q}] for q in general_questions()],
+                                  [drift.REFERENCE_TOKENS] * len(general_questions()))
+    assert rows == general_instructions(expected)
+    assert rows and all(r[1]["content"] == a for r, a in zip(rows, [a for a in expected if a.strip()]))
+    # the drift prompts were answered in the same model load: the gate reads them from the cache
+    assert drift.cached_base_answers(tiny_model_dir, drift.drift_prompts(), settings.models_dir / "drift") is not None
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the base was loaded again although its answers are cached")
+
+    monkeypatch.setattr("trainer.sft.evaluation_model", no_model)
+    assert general_rows(cfg, tiny_model_dir, settings) == rows
+
+
+def test_written_answers_and_no_mix_need_no_model(settings, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("trainer.sft.evaluation_model", lambda *a, **k: pytest.fail("no model needed"))
+    assert general_rows(TrainConfig(device="cpu", general_answers="written"), tiny_model_dir, settings) \
+        == general_instructions()
+    assert general_rows(TrainConfig(device="cpu", general_share=0), tiny_model_dir, settings) == []
+
+
+def test_a_torn_cache_file_is_rebuilt(settings, tiny_model_dir):
+    cfg = TrainConfig(device="cpu")
+    rows = general_rows(cfg, tiny_model_dir, settings)
+    for path in (settings.models_dir / "drift").glob("answers-*.json"):
+        path.write_text("{not json")
+    assert general_rows(cfg, tiny_model_dir, settings) == rows
+
+
+def test_unknown_general_answers_is_refused_by_name():
+    with pytest.raises(ValueError, match="general_answers='model': allowed base, written"):
+        TrainConfig(general_answers="model")
