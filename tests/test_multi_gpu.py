@@ -112,16 +112,16 @@ def test_per_gpu_plan_keeps_the_global_batch():
     assert TrainConfig.for_dataset(3).for_processes(2).per_device_batch_size == 2
 
 
-def test_speed_planner_estimates_per_gpu_under_fsdp():
-    from transformers import AutoConfig
+def test_planner_estimates_per_gpu_under_fsdp():
+    from trainer.estimate import load_config
+    from trainer.plan import Machine, plan
 
-    from trainer.speed import Shape, estimate_peak_bytes
-
-    data = dict(LLAMA_8B)
-    shape = Shape.from_config(AutoConfig.for_model(data.pop("model_type"), **data))
-    whole = estimate_peak_bytes(shape, 4096, lora_r=16, checkpointing=True, qlora=False)
-    quarter = estimate_peak_bytes(shape, 4096, lora_r=16, checkpointing=True, qlora=False, weight_shards=4)
-    weights = 2 * shape.n_params
+    config = load_config(LLAMA_8B)
+    cfg = TrainConfig(gradient_checkpointing="on", packing="off", per_device_batch_size=4)
+    gpu = dict(cuda=True, bf16_supported=True, gpu_total_bytes=80 * 2**30)
+    whole = plan(cfg, config, Machine(**gpu)).estimate_gib["chosen"] * 2**30
+    quarter = plan(cfg, config, Machine(**gpu, weight_shards=4)).estimate_gib["chosen"] * 2**30
+    weights = 2 * estimate_memory(config, "lora").n_params
     assert abs((whole - quarter) - 0.75 * weights) < 0.05 * weights
 
 

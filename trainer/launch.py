@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from trainer.estimate import per_gpu_bytes
+
 if TYPE_CHECKING:
     from guildtune.settings import Settings
     from trainer.estimate import MemoryEstimate
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("trainer.launch")
 
 GIB = 2**30
-#: Share of a GPU's memory an estimate may fill and still count as fitting (as TrainConfig.plan decides QLoRA).
-FIT_FRACTION = 0.9
 STRATEGIES = ("single", "ddp", "fsdp", "ddp_qlora")
 #: accelerate's FSDP2 options for a PEFT model: wrap each decoder layer (the model's `_no_split_modules`),
 #: gather a full state dict for the adapter save, load the base once on rank 0 and broadcast it.
@@ -88,16 +88,12 @@ def process_count(train_gpus: str, device: str, visible_gpus: int) -> int:
     return n
 
 
-def per_gpu_bytes(est: "MemoryEstimate", shards: int) -> float:
-    """Peak bytes on each GPU when weights, gradients and optimizer state are split over `shards` ranks
-    (FSDP); activations and the loss's logits stay whole on every rank (each trains its own rows)."""
-    state = est.weights_bytes + est.gradients_bytes + est.optimizer_bytes
-    return state / shards + est.activations_bytes + est.logits_bytes
-
-
 def choose_strategy(processes: int, lora: "MemoryEstimate", qlora: "MemoryEstimate", capacity_gib: float,
                     qlora_setting: str, bitsandbytes: bool) -> tuple[str, str]:
-    """(strategy, reason) for `processes` GPUs of `capacity_gib` each; `lora`/`qlora` are one GPU's estimates."""
+    """(strategy, reason) for `processes` GPUs of `capacity_gib` each; `lora`/`qlora` are one GPU's estimates,
+    fitting when within the training plan's FIT_FRACTION of a GPU (trainer/plan.py decides QLoRA by it too)."""
+    from trainer.plan import FIT_FRACTION
+
     usable = FIT_FRACTION * capacity_gib
     replicated, sharded = lora.total_bytes / GIB, per_gpu_bytes(lora, processes) / GIB
     if qlora_setting == "on":

@@ -19,12 +19,13 @@ import math
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from trainer import distributed
-from trainer.config import Plan, TrainConfig
+from trainer.config import TrainConfig
+from trainer.plan import Machine, Plan, plan
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -130,31 +131,14 @@ def _model_type(model_dir: str | Path) -> str:
     return AutoConfig.from_pretrained(str(model_dir)).model_type
 
 
-def plan_for(base_dir: str | Path, cfg: TrainConfig) -> Plan:
-    """The machine-dependent choices for this base model, using the memory estimate on a GPU."""
-    import torch
+def plan_for(base_dir: str | Path, cfg: TrainConfig, *, lengths: list[int] | None = None,
+             total_steps: int | None = None) -> Plan:
+    """The machine-dependent choices (trainer/plan.py) for this base model on this machine."""
+    from transformers import AutoConfig
 
-    model_type = _model_type(base_dir)
-    estimates = None
-    if torch.cuda.is_available() and cfg.device != "cpu" and "auto" in (cfg.qlora, cfg.gradient_checkpointing):
-        from trainer.estimate import estimate_memory
-
-        from trainer.launch import per_gpu_bytes
-
-        gib = 2**30
-        kw = dict(seq_len=cfg.max_length, batch_size=cfg.per_device_batch_size, lora_r=cfg.lora_r,
-                  eager_attention=(cfg.attn_implementation or ("eager" if model_type.startswith("gemma")
-                                                               else "sdpa")) == "eager")
-        rank = distributed.current()  # multi-GPU hook: under FSDP each GPU holds 1/N of the weights
-        shards = rank.world_size if rank.fsdp else 1
-        estimates = {
-            "lora": per_gpu_bytes(estimate_memory(str(base_dir), "lora", gradient_checkpointing=False, **kw),
-                                  shards) / gib,
-            "lora_checkpointed": per_gpu_bytes(estimate_memory(str(base_dir), "lora", gradient_checkpointing=True,
-                                                               **kw), shards) / gib,
-            "qlora": estimate_memory(str(base_dir), "qlora", gradient_checkpointing=False, **kw).total_bytes / gib,
-        }
-    return cfg.plan(model_type, estimate_gib=estimates)
+    rank = distributed.current()  # multi-GPU hook: under FSDP each GPU holds 1/N of the weights
+    machine = Machine.detect(weight_shards=rank.world_size if rank.fsdp else 1)
+    return plan(cfg, AutoConfig.from_pretrained(str(base_dir)), machine, lengths=lengths, total_steps=total_steps)
 
 
 def load_model(base_dir: str | Path, plan: Plan):
@@ -162,6 +146,10 @@ def load_model(base_dir: str | Path, plan: Plan):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from trainer.packing import ATTN_IMPLEMENTATION, register_varlen_attention
+
+    if plan.attn_implementation == ATTN_IMPLEMENTATION:
+        register_varlen_attention()
     kwargs: dict = {"dtype": torch.bfloat16 if plan.bf16 else torch.float32,
                     "attn_implementation": plan.attn_implementation}
     if plan.qlora:
@@ -229,8 +217,6 @@ class PreparedRun:
     tokenizer: object
     plan: Plan
     total_steps: int
-    #: The speed choices (packing, checkpointing, kernels) of trainer/speed.py, as a dict.
-    speed: dict = field(default_factory=dict)
 
 
 def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, work_dir: str | Path,
@@ -240,26 +226,19 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
     `train_ds` has a `messages` column (loss on assistant tokens), or is pre-tokenized (`input_ids`,
     optional `labels`/`assistant_masks`; benchmarks feed the anchors' exact token rows this way).
     """
-    from dataclasses import replace
-
-    from transformers import AutoConfig, PrinterCallback, set_seed
+    from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.speed import choose_speed, install, sample_lengths, sft_overrides, wants_lengths
+    from trainer.speed import install, sample_lengths, sft_overrides
 
     rank = distributed.current()
     cfg = cfg.for_processes(rank.world_size)  # multi-GPU hook: per-GPU share of the global batch
-    plan = plan_for(base_model_dir, cfg)
     total_steps = cfg.total_steps(len(train_ds))
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(base_model_dir)
     if "input_ids" not in train_ds.column_names:
         train_ds = tokenize_conversations(train_ds, tokenizer, cfg.max_length)
-    lengths = sample_lengths(train_ds, tokenizer) if wants_lengths(cfg, plan) else None
-    speed = choose_speed(cfg, plan, AutoConfig.from_pretrained(str(base_model_dir)), lengths,
-                         total_steps=total_steps, weight_shards=rank.world_size if rank.fsdp else 1)
-    plan = replace(plan, attn_implementation=speed.attn_implementation, optim=speed.optim,
-                   gradient_checkpointing=speed.gradient_checkpointing, reasons=plan.reasons + speed.reasons)
+    plan = plan_for(base_model_dir, cfg, lengths=sample_lengths(train_ds, tokenizer), total_steps=total_steps)
     log.info("training plan: %s", "; ".join(plan.reasons) or "defaults")
     model = load_model(base_model_dir, plan)
     pretokenized = "input_ids" in train_ds.column_names
@@ -293,14 +272,13 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
         disable_tqdm=True,
     )
     # checkpointing (under the argument name this transformers knows), packing, optimizer, kernels
-    args.update(sft_overrides(speed))
+    args.update(sft_overrides(plan))
     args.update(rank.trainer_args())  # multi-GPU hook (DDP options)
     trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=train_ds.select_columns(columns),
                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback and the log, not stdout
-    install(trainer, speed, tokenizer.pad_token_id)
-    return PreparedRun(trainer=trainer, tokenizer=tokenizer, plan=plan, total_steps=total_steps,
-                       speed=speed.to_dict())
+    install(trainer, plan, tokenizer.pad_token_id)
+    return PreparedRun(trainer=trainer, tokenizer=tokenizer, plan=plan, total_steps=total_steps)
 
 
 def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, output_dir: str | Path, *,
@@ -355,7 +333,7 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
     steps = trainer.state.global_step
     train_loss = float(output.training_loss) if steps else None
     result = SFTResult(train_loss=train_loss, loss_history=history, steps=steps, total_steps=total_steps,
-                       n_train=n_train, cancelled=state["cancelled"], plan={**asdict(plan), "speed": prepared.speed})
+                       n_train=n_train, cancelled=state["cancelled"], plan=plan.to_dict())
     if state["cancelled"]:
         shutil.rmtree(scratch, ignore_errors=True)
         result.duration_s = time.perf_counter() - started
@@ -372,7 +350,7 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
         trainer.model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     (output_dir / "training_config.json").write_text(json.dumps(
-        {"config": cfg.to_dict(), "plan": asdict(plan), "total_steps": total_steps, "steps": steps}, indent=2))
+        {"config": cfg.to_dict(), "plan": plan.to_dict(), "total_steps": total_steps, "steps": steps}, indent=2))
     if scratch.exists() and not any(scratch.iterdir()):
         scratch.rmdir()
     phases["save_s"] = time.perf_counter() - mark
@@ -400,8 +378,8 @@ def _evaluates_as_trained(prepared: PreparedRun, cfg: TrainConfig, base_model_di
 
     plan = prepared.plan
     trained_attn = "sdpa" if plan.attn_implementation == ATTN_IMPLEMENTATION else plan.attn_implementation
-    return (not plan.qlora and not prepared.speed.get("compile") and not distributed.current().fsdp
-            and trained_attn == _eval_plan(cfg, _model_type(base_model_dir)).attn_implementation)
+    return (not plan.qlora and not plan.compile and not distributed.current().fsdp
+            and trained_attn == _eval_plan(cfg, base_model_dir).attn_implementation)
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -458,9 +436,9 @@ def mean_token_nll(model, tokenizer, ds: "Dataset", max_length: int, batch_size:
     return total_nll / total_tokens, total_tokens
 
 
-def _eval_plan(cfg: TrainConfig, model_type: str) -> Plan:
+def _eval_plan(cfg: TrainConfig, base_model_dir: str | Path) -> Plan:
     """How every version is evaluated: unquantized base in the machine's dtype, the default attention."""
-    return cfg.with_overrides(qlora="off", gradient_checkpointing="off").plan(model_type)
+    return plan_for(base_model_dir, cfg.with_overrides(qlora="off", gradient_checkpointing="off", packing="off"))
 
 
 @contextmanager
@@ -468,9 +446,8 @@ def evaluation_model(base_model_dir: str | Path, adapter_dir: str | Path | None,
     """(model, tokenizer) as every version is evaluated: the base per `_eval_plan`, plus the adapter if given."""
     import torch
 
-    model_type = _model_type(base_model_dir)
-    model = load_model(base_model_dir, _eval_plan(cfg, model_type))
-    tokenizer = load_tokenizer(base_model_dir, model_type)
+    model = load_model(base_model_dir, _eval_plan(cfg, base_model_dir))
+    tokenizer = load_tokenizer(base_model_dir, _model_type(base_model_dir))
     if adapter_dir is not None:
         from peft import PeftModel
 
