@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from guildtune.runtime import daemon_options
 from guildtune.settings import SettingsError, load_settings
 from trainer.config import TrainConfig
 from trainer.estimate import EMBEDDED_GEMMA_CONFIG, estimate_memory
@@ -203,7 +204,7 @@ async def test_daemon_launches_two_processes_and_only_rank_0_publishes(two_proce
 
     settings, db, server = two_process_env
     run, _, _ = await db.runs.enqueue(GUILD, trigger="retrain")
-    outcome = await TrainerDaemon(db, settings, server).process(await db.runs.claim(GUILD, run.id))
+    outcome = await TrainerDaemon(db, daemon_options(settings), server).process(await db.runs.claim(GUILD, run.id))
     done = outcome.run
     assert outcome.published, (done.error, done.gate_reason)
     assert done.status == "succeeded" and done.step == done.total_steps == 6 and len(done.loss_history) == 6
@@ -230,6 +231,6 @@ async def test_daemon_fails_the_run_when_the_gpus_are_not_there(two_process_env)
     settings, db, server = two_process_env
     settings = settings.model_copy(update={"device": "auto", "train_gpus": "3"})
     run, _, _ = await db.runs.enqueue(GUILD, trigger="retrain")
-    outcome = await TrainerDaemon(db, settings, server).process(await db.runs.claim(GUILD, run.id))
+    outcome = await TrainerDaemon(db, daemon_options(settings), server).process(await db.runs.claim(GUILD, run.id))
     assert not outcome.published and outcome.run.status == "failed"
     assert "GUILDTUNE_TRAIN_GPUS=3" in outcome.run.error and "GUILDTUNE_DEVICE=cpu" in outcome.run.error

@@ -18,10 +18,10 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
-from guildtune.settings import Settings, load_settings
 from serving.prompting import guild_messages
 from storage.db import Database
 from storage.records import ModelVersion, TrainingRun
@@ -33,6 +33,7 @@ from trainer.kto import PreferenceSplit, preference_rows, split_preferences, wit
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
 from trainer.sft import run_sft
 from trainer.distributed import lead_or_follow
+from trainer.launch import rank_overrides
 
 log = logging.getLogger("trainer.job")
 
@@ -42,12 +43,46 @@ PROGRESS_EVERY_S = 2.0
 GOLDEN_ANSWER_TOKENS = 64
 
 
+#: The job process's options travel from the daemon to it (every rank of it) as JSON in this variable.
+OPTIONS_ENV = "GUILDTUNE_JOB_OPTIONS"
+
+
 class JobFailed(Exception):
     """Ends the run as failed with this message (shown to moderators by /model status)."""
 
 
-def version_dirs(settings: Settings, run: TrainingRun) -> tuple[Path, Path]:
-    guild_dir = settings.versions_dir / str(run.guild_id)
+@dataclass(frozen=True)
+class JobOptions:
+    """What a training job reads of the settings (guildtune/runtime.py builds it; no secret is in it)."""
+
+    #: The database: a SQLite path or a postgresql:// URL (what `Database.open` takes)
+    db: str
+    versions_dir: Path
+    models_dir: Path
+    base_model: str
+    device: str
+    #: TrainConfig fields over its defaults: the settings' own, then GUILDTUNE_TRAIN_CONFIG
+    train: dict[str, Any]
+    gate_tolerance: float
+    gate_max_drift: float
+    gate_sample: int
+
+    def to_env(self) -> dict[str, str]:
+        data = {**asdict(self), "versions_dir": str(self.versions_dir), "models_dir": str(self.models_dir)}
+        return {OPTIONS_ENV: json.dumps(data)}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "JobOptions":
+        """The options the daemon handed this process, with what the launch told every rank (trainer/launch.py)."""
+        data = json.loads(environ[OPTIONS_ENV])
+        data.update(versions_dir=Path(data["versions_dir"]), models_dir=Path(data["models_dir"]),
+                    train={**data["train"], **rank_overrides(environ)})
+        return cls(**data)
+
+
+def version_dirs(versions_dir: Path, run: TrainingRun) -> tuple[Path, Path]:
+    """A run's folders: `.run-N.tmp` while training, `run-N` once complete."""
+    guild_dir = versions_dir / str(run.guild_id)
     return guild_dir / f".run-{run.id}.tmp", guild_dir / f"run-{run.id}"
 
 
@@ -67,12 +102,9 @@ class Evaluation:
     preference: object = None
 
 
-def train_config(settings: Settings, n_examples: int) -> TrainConfig:
-    """The run's config for `n_examples` approved examples: defaults, the settings, GUILDTUNE_TRAIN_CONFIG last."""
-    chosen = dict(max_steps=settings.train_max_steps, device=settings.device, qlora=settings.qlora,
-                  memory_cap_gib=settings.memory_cap_gib, compile=settings.train_compile,
-                  report_to=settings.report_to)
-    return TrainConfig.for_dataset(n_examples, **{**chosen, **settings.train_config})
+def train_config(options: JobOptions, n_examples: int) -> TrainConfig:
+    """The run's config for `n_examples` approved examples: defaults, then the options' fields."""
+    return TrainConfig.for_dataset(n_examples, **options.train)
 
 
 def training_rows(examples, gs, cfg: TrainConfig) -> TrainingSet:
@@ -124,17 +156,17 @@ def previous_evidence(model, tokenizer, probes, active: ModelVersion | None) -> 
 
 
 def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSet, gs, active: ModelVersion | None,
-                       settings: Settings, cfg: TrainConfig) -> Evaluation:
+                       options: JobOptions, cfg: TrainConfig) -> Evaluation:
     """Recall and paraphrase probes, drift, golden questions, and the previous version's knowledge."""
     from trainer.drift import reference, relative_drift
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    probes = build_probes([turns for _, turns in training.examples], settings.gate_sample)
+    probes = build_probes([turns for _, turns in training.examples], options.gate_sample)
     candidate = recall_scores(model, tokenizer, probes)
     timings["recall_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref = reference(model, tokenizer, base_dir, gs.system_prompt, settings.models_dir / "drift", cfg.max_length,
+    ref = reference(model, tokenizer, base_dir, gs.system_prompt, options.models_dir / "drift", cfg.max_length,
                     cfg.eval_batch_size)
     drift, nll = relative_drift(model, tokenizer, ref, cfg.max_length, cfg.eval_batch_size)
     timings["drift_s"] = time.perf_counter() - t0
@@ -151,12 +183,12 @@ def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSe
     return Evaluation(candidate, drift, nll, ref.base_nll, previous, golden, timings)
 
 
-def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | None, settings: Settings):
+def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | None, options: JobOptions):
     """The gate's decision on the evaluation, and the metrics a run and its version keep."""
     questions = {example_key(turns): turns[-2]["content"] for _, turns in training.examples}
     candidate = evidence_of(evaluation.candidate, evaluation.drift)
     gate = decide(candidate, evaluation.previous, previous_name=f"v{active.number}" if active else "the base model",
-                  recall_tolerance=settings.gate_tolerance, max_drift=settings.gate_max_drift,
+                  recall_tolerance=options.gate_tolerance, max_drift=options.gate_max_drift,
                   golden=evaluation.golden, questions=questions,
                   preference=evaluation.preference.check if evaluation.preference is not None else None)
     metrics = {**evaluation.candidate.to_metrics(), "drift": evaluation.drift, "drift_nll": evaluation.drift_nll,
@@ -174,14 +206,14 @@ def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | 
     return gate, metrics
 
 
-async def run_job(run_id: int, settings: Settings) -> int:
-    db = await Database.open(settings.db_path)
+async def run_job(run_id: int, options: JobOptions) -> int:
+    db = await Database.open(options.db)
     run = await db.runs.by_id(run_id)
     if run is None or run.status != "running":
         log.error("run %s is not a running run (claim it first)", run_id)
         await db.close()
         return 2
-    tmp_dir, final_dir = version_dirs(settings, run)
+    tmp_dir, final_dir = version_dirs(options.versions_dir, run)
     loop = asyncio.get_running_loop()
     cancel = {"flag": False}
     timings: dict[str, float] = {}
@@ -192,11 +224,11 @@ async def run_job(run_id: int, settings: Settings) -> int:
             raise JobFailed(f"training needs at least {MIN_APPROVED} approved examples; this server has "
                             f"{len(examples)}. Approve more with /review or import some.")
         t0 = time.perf_counter()
-        base_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.models_dir)
+        base_dir = await asyncio.to_thread(resolve_base_model, options.base_model, options.models_dir)
         timings["load_base_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        cfg = train_config(settings, len(examples))
+        cfg = train_config(options, len(examples))
         training = training_rows(examples, gs, cfg)
         preferences = preference_split(await db.examples.preferences(run.guild_id), gs, cfg)
         cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
@@ -209,7 +241,7 @@ async def run_job(run_id: int, settings: Settings) -> int:
         tmp_dir.mkdir(parents=True)
         t0 = time.perf_counter()
         evaluate = functools.partial(evaluate_candidate, base_dir=base_dir, training=training, gs=gs, active=active,
-                                     settings=settings, cfg=cfg)
+                                     options=options, cfg=cfg)
         # after SFT, before the gate: KTO on the approved voted answers when there are enough of them
         evaluate = with_preference_stage(evaluate, preferences, cfg, tmp_dir)
         result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=on_progress,
@@ -222,7 +254,7 @@ async def run_job(run_id: int, settings: Settings) -> int:
             return 0
         await db.runs.update(run.guild_id, run.id, loss_history=on_progress.history)
 
-        gate, metrics = judge(result.evaluation, training, active, settings)
+        gate, metrics = judge(result.evaluation, training, active, options)
         metrics.update({"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
                         "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
                         "n_general": training.n_general, "note": training.note,
@@ -290,13 +322,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s job %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from trainer.quiet import quiet_libraries
+    from serving.quiet import quiet_libraries
 
+    if OPTIONS_ENV not in os.environ:
+        print(f"{OPTIONS_ENV} is not set: the trainer daemon starts this process with it (`guildtune trainer`, "
+              f"`guildtune train`); it is not run by hand.", file=sys.stderr)
+        return 2
     quiet_libraries()
-    settings = load_settings()
+    options = JobOptions.from_env(os.environ)
     # multi-GPU hook (trainer/distributed.py): one process runs the job; under `accelerate launch` rank 0
     # runs it and the other ranks only train what rank 0 hands them
-    return lead_or_follow(lambda: asyncio.run(run_job(int(args[0]), settings)), device=settings.device)
+    return lead_or_follow(lambda: asyncio.run(run_job(int(args[0]), options)), device=options.device)
 
 
 if __name__ == "__main__":

@@ -277,15 +277,15 @@ class AskCog(commands.Cog):
 
     def _admit(self, guild_id: int, user_id: int) -> str | None:
         """Why this ask must wait (cooldown per member, concurrency cap per guild), or None."""
-        settings, now = self.bot.settings, time.time()
+        options, now = self.bot.options, time.time()
         last = self._last_ask.get((guild_id, user_id))
-        if last is not None and now - last < settings.ask_cooldown_s:
-            return f"Slow down a little: you can ask again {retry_hint(last + settings.ask_cooldown_s, now)}."
+        if last is not None and now - last < options.ask_cooldown_s:
+            return f"Slow down a little: you can ask again {retry_hint(last + options.ask_cooldown_s, now)}."
         running = self._running.get(guild_id, [])
-        if len(running) >= settings.ask_concurrency:
-            latest = min(running) + settings.answer_timeout_s
+        if len(running) >= options.ask_concurrency:
+            latest = min(running) + options.answer_timeout_s
             return (f"I am already writing {len(running)} answer(s) in this server (the limit is "
-                    f"{settings.ask_concurrency}). Try again in a few seconds; a slot frees up "
+                    f"{options.ask_concurrency}). Try again in a few seconds; a slot frees up "
                     f"{retry_hint(latest, now)} at the latest.")
         return None
 
@@ -294,7 +294,7 @@ class AskCog(commands.Cog):
         guild_id = interaction.guild_id
         gs = await self.bot.db.settings.get(guild_id)
         version = self.bot.tracker.get(guild_id)
-        timeout_s = self.bot.settings.answer_timeout_s
+        timeout_s = self.bot.options.answer_timeout_s
         messages = guild_messages(gs, question)
         options = guild_options(gs, timeout_s)
         stream = AnswerStream(interaction, ephemeral=private)
