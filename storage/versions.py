@@ -40,11 +40,6 @@ class VersionRepository:
                 (guild_id, row["n"], run_id, adapter_path, base_model, json.dumps(metrics), n_examples, time.time()))
         return await self.get(guild_id, created["id"])
 
-    async def next_number(self, guild_id: int) -> int:
-        row = await self.db.fetchone(
-            "SELECT COALESCE(MAX(number), 0) + 1 AS n FROM model_versions WHERE guild_id=?", (guild_id,))
-        return int(row["n"])
-
     async def set_tag(self, guild_id: int, version_id: int, tag: str) -> None:
         async with self.db.transaction() as conn:
             await conn.execute("UPDATE model_versions SET tag=? WHERE guild_id=? AND id=?", (tag, guild_id, version_id))
