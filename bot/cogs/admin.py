@@ -18,8 +18,9 @@ from discord.ext import commands
 from bot.checks import ensure_moderator, is_moderator
 from bot.formatting import discord_timestamp, learning_scores
 from bot.progress import ProgressReporter, running_text
+from bot.replies import refusal_text, setting_value
 from storage.formats import EXPORT_FORMATS, EXPORT_SUFFIXES, export_conversations
-from storage.guild_settings import FIELDS, SettingError, parse_setting
+from storage.guild_settings import FIELDS, SettingError
 from storage.records import GuildSettings, ModelVersion, TrainingRun
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ class Admin(commands.Cog):
         try:
             target = await db.versions.activate(guild_id, target.id)
         except LookupError as exc:
-            await interaction.followup.send(str(exc), ephemeral=True)
+            await interaction.followup.send(refusal_text(exc), ephemeral=True)
             return
         await self.bot.tracker.refresh()
         served = self.bot.tracker.get(guild_id)
@@ -316,7 +317,7 @@ class Admin(commands.Cog):
             if name in FIELDS and value.strip().lower() == "default":
                 new = getattr(GuildSettings(guild_id=guild.id), name)
             else:
-                new = parse_setting(name, value)
+                new = setting_value(name, value)
             self._check_exists(guild, name, new)
         except SettingError as exc:
             await interaction.response.send_message(f"{exc}", ephemeral=True)

@@ -21,6 +21,7 @@ from discord.utils import MISSING
 from bot.checks import is_moderator
 from bot.contributions import contribute
 from bot.formatting import NO_MENTIONS, retry_hint, shorten, split_message
+from bot.replies import decision_text
 from serving.prompting import guild_messages, guild_options
 from serving.protocol import ModelServerError, ModelServerUnavailable
 from storage.conversation import is_blank
@@ -165,7 +166,7 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button],
             return f"\nAs a moderator you approved it as example #{example.id}."
         if example.status == "pending":
             decision = await bot.db.examples.decide(guild_id, example.id, actor_id=interaction.user.id, approve=True)
-            return f"\n{decision.message}"
+            return f"\n{decision_text(decision)}"
         return f"\nIt is already example #{example.id} ({example.status})."
 
 

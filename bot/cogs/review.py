@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import ensure_moderator, is_moderator
+from bot.replies import decision_text, refusal_text
 from storage.conversation import InvalidConversation
 from storage.examples import Decision, ExampleError
 from storage.records import Conversation, Example
@@ -320,14 +321,14 @@ class Review(commands.Cog):
                 interaction.guild_id, example_id, actor_id=interaction.user.id, approve=approve,
                 reason=reason, messages=messages)
         except (ExampleError, InvalidConversation) as exc:
-            await interaction.response.send_message(str(exc), ephemeral=True)
+            await interaction.response.send_message(refusal_text(exc), ephemeral=True)
             return
         clicked = interaction.message.id if interaction.message is not None else None
         if decision.ok:
             await self.update_posts(decision.example, interaction.user.id, reason,
                                     skip_message_id=clicked if where == "post" else None)
-        notice = (f"{APPROVE_EMOJI if approve else REJECT_EMOJI} {decision.message}" if decision.ok
-                  else f"⚠️ {decision.message}")
+        notice = (f"{APPROVE_EMOJI if approve else REJECT_EMOJI} {decision_text(decision)}" if decision.ok
+                  else f"⚠️ {decision_text(decision)}")
         if where == "card":
             # Still pending (e.g. the edit duplicated another example): show it again; else the next one.
             after_id = example_id - 1 if decision.example.status == "pending" else example_id
@@ -345,7 +346,7 @@ class Review(commands.Cog):
                                   votes=await self.votes(decision.example))
             await interaction.response.edit_message(embed=embed, view=None)
         else:
-            await interaction.response.send_message(decision.message, ephemeral=True)
+            await interaction.response.send_message(decision_text(decision), ephemeral=True)
 
     # --- the review channel ----------------------------------------------------------------------
     @commands.Cog.listener()
