@@ -20,18 +20,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from serving.prompting import guild_messages
 from storage.db import Database
-from storage.records import ModelVersion, TrainingRun
+from storage.records import Example, ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
 from trainer.dataset import TrainingSet, build_training_set, general_instructions
 from trainer.gate import Evidence, GoldenCheck, decide
 from trainer.kto import PreferenceSplit, preference_rows, split_preferences, with_preference_stage
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
-from trainer.sft import run_sft
+from trainer.sft import EvaluateFn, ProgressFn, SFTResult, run_sft, timed
 from trainer.distributed import lead_or_follow
 from trainer.launch import rank_overrides
 
@@ -207,6 +207,7 @@ def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | 
 
 
 async def run_job(run_id: int, options: JobOptions) -> int:
+    """Run `run_id` (claimed by the daemon) to its end; the job process's exit code."""
     db = await Database.open(options.db)
     run = await db.runs.by_id(run_id)
     if run is None or run.status != "running":
@@ -214,58 +215,8 @@ async def run_job(run_id: int, options: JobOptions) -> int:
         await db.close()
         return 2
     tmp_dir, final_dir = version_dirs(options.versions_dir, run)
-    loop = asyncio.get_running_loop()
-    cancel = {"flag": False}
-    timings: dict[str, float] = {}
     try:
-        gs = await db.settings.get(run.guild_id)
-        examples = await db.examples.approved(run.guild_id)
-        if len(examples) < MIN_APPROVED:
-            raise JobFailed(f"training needs at least {MIN_APPROVED} approved examples; this server has "
-                            f"{len(examples)}. Approve more with /review or import some.")
-        t0 = time.perf_counter()
-        base_dir = await asyncio.to_thread(resolve_base_model, options.base_model, options.models_dir)
-        timings["load_base_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        cfg = train_config(options, len(examples))
-        training = training_rows(examples, gs, cfg)
-        preferences = preference_split(await db.examples.preferences(run.guild_id), gs, cfg)
-        cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
-        timings["dataset_s"] = time.perf_counter() - t0
-        await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
-        active = await db.versions.active(run.guild_id)
-        on_progress = progress_writer(db, run, loop, cancel)
-
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(parents=True)
-        t0 = time.perf_counter()
-        evaluate = functools.partial(evaluate_candidate, base_dir=base_dir, training=training, gs=gs, active=active,
-                                     options=options, cfg=cfg)
-        # after SFT, before the gate: KTO on the approved voted answers when there are enough of them
-        evaluate = with_preference_stage(evaluate, preferences, cfg, tmp_dir)
-        result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=on_progress,
-                                         should_cancel=lambda: cancel["flag"], evaluate=evaluate)
-        timings["train_s"] = time.perf_counter() - t0
-        log.info("trained %d steps: %s", result.steps,
-                 ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items()))
-        if cancel["flag"] or await db.runs.cancel_requested(run.guild_id, run.id):
-            await db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled by a moderator or shutdown")
-            return 0
-        await db.runs.update(run.guild_id, run.id, loss_history=on_progress.history)
-
-        gate, metrics = judge(result.evaluation, training, active, options)
-        metrics.update({"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
-                        "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
-                        "n_general": training.n_general, "note": training.note,
-                        "timings": {**timings, **result.evaluation.timings}, "train_phases": result.phases,
-                        "plan": result.plan})
-        await db.runs.update(run.guild_id, run.id, metrics=metrics)
-        if not gate.passed:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            await db.runs.finish(run.guild_id, run.id, "gated", gate_reason=gate.reason, metrics=metrics)
-            return 0
-        await commit_version(db, run, tmp_dir, final_dir, base_dir, metrics, len(examples))
+        await train_and_judge(db, run, options, tmp_dir, final_dir)
         return 0
     except JobFailed as exc:
         await db.runs.finish(run.guild_id, run.id, "failed", error=str(exc))
@@ -278,6 +229,74 @@ async def run_job(run_id: int, options: JobOptions) -> int:
         if tmp_dir.exists() and not final_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
         await db.close()
+
+
+async def train_and_judge(db: Database, run: TrainingRun, options: JobOptions, tmp_dir: Path, final_dir: Path) -> None:
+    """The run, top to bottom: data, base model, training (the candidate judged in memory), gate, version."""
+    timings: dict[str, float] = {}
+    gs = await db.settings.get(run.guild_id)
+    examples = await approved_examples(db, run)
+    with timed(timings, "load_base_s"):
+        base_dir = await asyncio.to_thread(resolve_base_model, options.base_model, options.models_dir)
+    with timed(timings, "dataset_s"):
+        cfg = train_config(options, len(examples))
+        training = training_rows(examples, gs, cfg)
+        preferences = preference_split(await db.examples.preferences(run.guild_id), gs, cfg)
+        cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
+    await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
+    active = await db.versions.active(run.guild_id)
+
+    cancel = {"flag": False}
+    on_progress = progress_writer(db, run, asyncio.get_running_loop(), cancel)
+    evaluate = functools.partial(evaluate_candidate, base_dir=base_dir, training=training, gs=gs, active=active,
+                                 options=options, cfg=cfg)
+    with timed(timings, "train_s"):
+        result = await train_candidate(base_dir, training, preferences, cfg, tmp_dir, evaluate, on_progress,
+                                       should_cancel=lambda: cancel["flag"])
+    if cancel["flag"] or await db.runs.cancel_requested(run.guild_id, run.id):
+        await db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled by a moderator or shutdown")
+        return
+    await db.runs.update(run.guild_id, run.id, loss_history=on_progress.history)
+
+    gate, metrics = judge(result.evaluation, training, active, options)
+    metrics.update(run_metrics(result, training, timings))
+    await db.runs.update(run.guild_id, run.id, metrics=metrics)
+    if not gate.passed:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        await db.runs.finish(run.guild_id, run.id, "gated", gate_reason=gate.reason, metrics=metrics)
+        return
+    await commit_version(db, run, tmp_dir, final_dir, base_dir, metrics, len(examples))
+
+
+async def approved_examples(db: Database, run: TrainingRun) -> list[Example]:
+    """The guild's approved examples, or JobFailed when there are too few to train on."""
+    examples = await db.examples.approved(run.guild_id)
+    if len(examples) < MIN_APPROVED:
+        raise JobFailed(f"training needs at least {MIN_APPROVED} approved examples; this server has "
+                        f"{len(examples)}. Approve more with /review or import some.")
+    return examples
+
+
+async def train_candidate(base_dir: Path, training: TrainingSet, preferences: PreferenceSplit, cfg: TrainConfig,
+                          tmp_dir: Path, evaluate: EvaluateFn, on_progress: ProgressFn,
+                          should_cancel: Callable[[], bool]) -> SFTResult:
+    """SFT into a fresh `tmp_dir` (then KTO on the voted answers when there are enough), judged by `evaluate`."""
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    # after SFT, before the gate: KTO on the approved voted answers when there are enough of them
+    evaluate = with_preference_stage(evaluate, preferences, cfg, tmp_dir)
+    result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=on_progress,
+                                     should_cancel=should_cancel, evaluate=evaluate)
+    log.info("trained %d steps: %s", result.steps, ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items()))
+    return result
+
+
+def run_metrics(result: SFTResult, training: TrainingSet, timings: dict[str, float]) -> dict:
+    """What a run records beside the gate's evidence: the training's figures, its timings and its plan."""
+    return {"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
+            "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
+            "n_general": training.n_general, "note": training.note,
+            "timings": {**timings, **result.evaluation.timings}, "train_phases": result.phases, "plan": result.plan}
 
 
 def progress_writer(db: Database, run: TrainingRun, loop: asyncio.AbstractEventLoop, cancel: dict):

@@ -176,22 +176,42 @@ def lora_config(cfg: TrainConfig):
 
 # --- progress and cancellation --------------------------------------------------------------------
 
+@dataclass
+class _Watch:
+    """What the run's callback records: the loss history, whether a cancel stopped it, when steps ended."""
+
+    history: list[tuple[int, float]] = field(default_factory=list)
+    cancelled: bool = False
+    t0: float = field(default_factory=time.perf_counter)
+    step_ends: list[float] = field(default_factory=list)
+
+    def step_phases(self) -> dict[str, float]:
+        """Seconds to the first step's end, and the median step after it."""
+        if not self.step_ends:
+            return {}
+        phases = {"first_step_s": self.step_ends[0] - self.t0}
+        gaps = sorted(b - a for a, b in zip(self.step_ends, self.step_ends[1:]))
+        if gaps:
+            phases["median_step_s"] = gaps[len(gaps) // 2]
+        return phases
+
+
 def _progress_callback(total_steps: int, on_progress: ProgressFn | None, should_cancel: Callable[[], bool] | None,
-                       history: list[tuple[int, float]], state: dict):
+                       watch: _Watch):
     from transformers import TrainerCallback
 
     class ProgressAndCancel(TrainerCallback):
         """Reports (step, total, loss, ETA) at each logged loss and stops training when asked to."""
 
         def on_train_begin(self, args, st, control, **kwargs):
-            state["t0"] = time.perf_counter()
+            watch.t0 = time.perf_counter()
 
         def on_log(self, args, st, control, logs=None, **kwargs):
             if not logs or "loss" not in logs or st.global_step == 0:
                 return
             loss = float(logs["loss"])
-            history.append((st.global_step, loss))
-            elapsed = time.perf_counter() - state["t0"]
+            watch.history.append((st.global_step, loss))
+            elapsed = time.perf_counter() - watch.t0
             eta = elapsed / st.global_step * max(0, total_steps - st.global_step)
             if on_progress is not None:
                 on_progress(st.global_step, total_steps, loss, eta)
@@ -199,12 +219,22 @@ def _progress_callback(total_steps: int, on_progress: ProgressFn | None, should_
 
         def on_step_end(self, args, st, control, **kwargs):
             if kwargs:  # a real step end (not the call from on_log): keep its time for the phase report
-                state.setdefault("step_ends", []).append(time.perf_counter())
+                watch.step_ends.append(time.perf_counter())
             if should_cancel is not None and should_cancel():
-                state["cancelled"] = True
+                watch.cancelled = True
                 control.should_training_stop = True
 
     return ProgressAndCancel()
+
+
+@contextmanager
+def timed(phases: dict[str, float], name: str):
+    """Add the block's wall-clock seconds to `phases[name]`."""
+    mark = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = time.perf_counter() - mark
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -300,72 +330,76 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
         raise ValueError("the training split is empty")
     if should_cancel is not None and should_cancel():
         return SFTResult(None, [], 0, cfg.total_steps(n_train), n_train, cancelled=True)
-    # multi-GPU hook (trainer/distributed.py): rank 0 hands the run to the other ranks, every rank trains its
-    # share of the global batch, and all stop at the same step when rank 0 is told to cancel
     rank = distributed.current()
-    if rank.enabled:
-        if rank.is_main:
-            distributed.share_work(base_model_dir, train_ds, cfg)
-        else:
-            on_progress = None
-        should_cancel = distributed.agreed(should_cancel)
+    on_progress, should_cancel = _join_ranks(rank, base_model_dir, train_ds, cfg, on_progress, should_cancel)
     cfg = cfg.for_processes(rank.world_size)
     total_steps = cfg.total_steps(n_train)
 
-    history: list[tuple[int, float]] = []
-    state: dict = {"cancelled": False, "t0": time.perf_counter()}
+    watch = _Watch()
     scratch = output_dir / "trainer_state"  # the Trainer's own output (logs if report_to is set)
     phases: dict[str, float] = {}
-    mark = time.perf_counter()
-    prepared = prepare_trainer(base_model_dir, train_ds, cfg, scratch, callbacks=[
-        _progress_callback(total_steps, on_progress, should_cancel, history, state)])
-    trainer, tokenizer, plan = prepared.trainer, prepared.tokenizer, prepared.plan
-    phases["prepare_s"] = time.perf_counter() - mark  # load model + tokenizer, tokenize/pack the data
-    mark = time.perf_counter()
-    output = trainer.train()
-    phases["train_loop_s"] = time.perf_counter() - mark
-    ends = state.get("step_ends", [])
-    if ends:
-        phases["first_step_s"] = ends[0] - state["t0"]
-        gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
-        if gaps:
-            phases["median_step_s"] = gaps[len(gaps) // 2]
-    steps = trainer.state.global_step
-    train_loss = float(output.training_loss) if steps else None
-    result = SFTResult(train_loss=train_loss, loss_history=history, steps=steps, total_steps=total_steps,
-                       n_train=n_train, cancelled=state["cancelled"], plan=plan.to_dict())
-    if state["cancelled"]:
+    with timed(phases, "prepare_s"):  # load model + tokenizer, tokenize/pack the data
+        prepared = prepare_trainer(base_model_dir, train_ds, cfg, scratch,
+                                   callbacks=[_progress_callback(total_steps, on_progress, should_cancel, watch)])
+    with timed(phases, "train_loop_s"):
+        output = prepared.trainer.train()
+    phases.update(watch.step_phases())
+    result = _result(prepared, output, watch, total_steps, n_train)
+    if not result.cancelled:
+        with timed(phases, "save_s"):
+            _save(prepared, cfg, output_dir, scratch, rank, result)
+    if result.cancelled or not rank.is_main:  # multi-GPU hook: the other ranks only train (no files, no evaluation)
         shutil.rmtree(scratch, ignore_errors=True)
         result.duration_s = time.perf_counter() - started
         return result
-
-    mark = time.perf_counter()
-    if rank.fsdp:  # multi-GPU hook: gathering the shards is a collective; every rank joins, rank 0 writes
-        trainer.save_model(str(output_dir))
-    if not rank.is_main:  # multi-GPU hook: the other ranks only train (no files, no evaluation)
-        shutil.rmtree(scratch, ignore_errors=True)
-        result.duration_s = time.perf_counter() - started
-        return result
-    if not rank.fsdp:
-        trainer.model.save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    (output_dir / "training_config.json").write_text(json.dumps(
-        {"config": cfg.to_dict(), "plan": plan.to_dict(), "total_steps": total_steps, "steps": steps}, indent=2))
-    if scratch.exists() and not any(scratch.iterdir()):
-        scratch.rmdir()
-    phases["save_s"] = time.perf_counter() - mark
     if evaluate is not None:
-        mark = time.perf_counter()
-        if _evaluates_as_trained(prepared, cfg, base_model_dir):
-            result.evaluation = evaluate(trainer.model, tokenizer)
-        else:
-            del trainer, prepared
-            with evaluation_model(base_model_dir, output_dir, cfg) as (model, eval_tokenizer):
-                result.evaluation = evaluate(model, eval_tokenizer)
-        phases["candidate_eval_s"] = time.perf_counter() - mark
+        with timed(phases, "candidate_eval_s"):
+            if _evaluates_as_trained(prepared, cfg, base_model_dir):
+                result.evaluation = evaluate(prepared.trainer.model, prepared.tokenizer)
+            else:
+                del prepared  # the trained copy leaves memory before the evaluation copy loads
+                with evaluation_model(base_model_dir, output_dir, cfg) as (model, eval_tokenizer):
+                    result.evaluation = evaluate(model, eval_tokenizer)
     result.phases = phases
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _join_ranks(rank, base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig,
+                on_progress: ProgressFn | None, should_cancel: Callable[[], bool] | None):
+    """Multi-GPU hook (trainer/distributed.py): rank 0 hands the run to the other ranks, every rank trains its
+    share of the global batch, only rank 0 reports, and all stop at the same step when rank 0 is told to cancel."""
+    if not rank.enabled:
+        return on_progress, should_cancel
+    if rank.is_main:
+        distributed.share_work(base_model_dir, train_ds, cfg)
+    else:
+        on_progress = None
+    return on_progress, distributed.agreed(should_cancel)
+
+
+def _result(prepared: PreparedRun, output, watch: _Watch, total_steps: int, n_train: int) -> SFTResult:
+    steps = prepared.trainer.state.global_step
+    return SFTResult(train_loss=float(output.training_loss) if steps else None, loss_history=watch.history,
+                     steps=steps, total_steps=total_steps, n_train=n_train, cancelled=watch.cancelled,
+                     plan=prepared.plan.to_dict())
+
+
+def _save(prepared: PreparedRun, cfg: TrainConfig, output_dir: Path, scratch: Path, rank, result: SFTResult) -> None:
+    """The adapter, the tokenizer and the config the run trained with, into `output_dir` (rank 0 writes)."""
+    trainer = prepared.trainer
+    if rank.fsdp:  # multi-GPU hook: gathering the shards is a collective; every rank joins, rank 0 writes
+        trainer.save_model(str(output_dir))
+    if not rank.is_main:
+        return
+    if not rank.fsdp:
+        trainer.model.save_pretrained(str(output_dir))
+    prepared.tokenizer.save_pretrained(str(output_dir))
+    (output_dir / "training_config.json").write_text(json.dumps(
+        {"config": cfg.to_dict(), "plan": prepared.plan.to_dict(), "total_steps": result.total_steps,
+         "steps": result.steps}, indent=2))
+    if scratch.exists() and not any(scratch.iterdir()):
+        scratch.rmdir()
 
 
 def _evaluates_as_trained(prepared: PreparedRun, cfg: TrainConfig, base_model_dir: str | Path) -> bool:
