@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
+from bot.checks import NotModerator, refuse
 from serving.protocol import ModelServer
 from serving.version_tracker import ActiveVersionTracker
 from storage.db import Database
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.teach", "bot.cogs.ask", "bot.cogs.review", "bot.cogs.admin", "bot.cogs.privacy")
+EXTENSIONS = ("bot.cogs.teach", "bot.cogs.ask", "bot.cogs.review", "bot.cogs.admin", "bot.cogs.privacy",
+              "bot.cogs.training_progress")
 
 
 def default_intents(message_content: bool = True) -> discord.Intents:
@@ -42,12 +45,23 @@ class BotOptions:
     dev_guild_id: int | None = None
 
 
+class GuildtuneTree(app_commands.CommandTree):
+    """The one error handler of the slash commands: a failed check (a non-moderator) is answered with its
+    reason; anything else is logged as discord.py does."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        if isinstance(error, NotModerator):
+            await refuse(interaction, str(error))
+            return
+        await super().on_error(interaction, error)
+
+
 class GuildtuneBot(commands.Bot):
     def __init__(self, *, db: Database, options: BotOptions, server: ModelServer | None = None,
                  tracker: ActiveVersionTracker | None = None, message_content: bool = True,
                  extensions: Iterable[str] = EXTENSIONS):
         super().__init__(command_prefix=commands.when_mentioned, intents=default_intents(message_content),
-                         chunk_guilds_at_startup=False,
+                         chunk_guilds_at_startup=False, tree_cls=GuildtuneTree,
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None)
         if tracker is not None and server is not None and tracker.server is not server:
             raise ValueError("pass the model server or a tracker that holds it, not two different ones")

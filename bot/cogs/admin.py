@@ -1,9 +1,9 @@
-"""Moderator administration: `/retrain`, `/model`, `/dataset`, `/config`, and the training
-progress messages (a background `ProgressReporter`, since the trainer is another process).
+"""Moderator administration: `/retrain`, `/model`, `/dataset`, `/config` (the training progress
+messages have their own cog: bot/cogs/training_progress.py).
 
-Every handler checks the caller itself (`ensure_moderator`): hiding commands is not security.
-`/config show` is the exception: it changes nothing, and the refusal text points members to it
-to find out who the moderators are.
+Every command checks the caller when it runs (`@moderator_only()`, or `ensure_moderator` in the
+handler): hiding commands is not security. `/config show` is the exception: it changes nothing,
+and the refusal text points members to it to find out who the moderators are.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import ensure_moderator, is_moderator
-from bot.formatting import discord_timestamp, learning_scores
-from bot.progress import ProgressReporter, running_text
+from bot.checks import ensure_moderator, is_moderator, moderator_only
+from bot.formatting import MESSAGE_LIMIT, discord_timestamp, learning_scores
+from bot.progress import running_text
 from bot.replies import refusal_text, setting_value
 from storage.formats import EXPORT_FORMATS, EXPORT_SUFFIXES, export_conversations
 from storage.guild_settings import FIELDS, SettingError
@@ -44,7 +44,6 @@ SETTING_HELP = {
     "max_turns": "earlier turns a reply chain may contribute to one example (1 to 20)",
     "golden_questions": 'JSON list of {"question", "expect"} the gate checks each new model on',
 }
-MESSAGE_LIMIT = 2000
 
 
 def when(ts: float | None) -> str:
@@ -103,20 +102,12 @@ class Admin(commands.Cog):
 
     def __init__(self, bot: "GuildtuneBot"):
         self.bot = bot
-        self.progress = ProgressReporter(bot)
-
-    async def cog_load(self) -> None:
-        self.progress.start()
-
-    async def cog_unload(self) -> None:
-        await self.progress.stop()
 
     # --- /retrain -------------------------------------------------------------------------------
     @app_commands.command(name="retrain", description="Moderators: queue a training run now.")
     @app_commands.guild_only()
+    @moderator_only()
     async def retrain(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         run, place, created = await self.bot.db.runs.enqueue(interaction.guild_id, trigger="retrain",
                                                              requested_by=interaction.user.id)
         approved = len(await self.bot.db.examples.approved(interaction.guild_id))
@@ -134,9 +125,8 @@ class Admin(commands.Cog):
 
     # --- /model ---------------------------------------------------------------------------------
     @model_group.command(name="status", description="Moderators: the active model, its metrics, and training now.")
+    @moderator_only()
     async def model_status(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         db = self.bot.db
         active = await db.versions.active(guild_id)
@@ -166,9 +156,8 @@ class Admin(commands.Cog):
         await interaction.response.send_message(fit(lines), ephemeral=True)
 
     @model_group.command(name="history", description="Moderators: every model version and recent runs.")
+    @moderator_only()
     async def model_history(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         versions = await self.bot.db.versions.list(guild_id, limit=10)
         lines = ["**Model versions** (newest first):"]
@@ -188,10 +177,9 @@ class Admin(commands.Cog):
 
     @model_group.command(name="rollback", description="Moderators: answer with an earlier model version again.")
     @app_commands.describe(version="Version number (from /model history); default: the one active before this")
+    @moderator_only()
     async def model_rollback(self, interaction: discord.Interaction,
                              version: app_commands.Range[int, 1, None] | None = None) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         db = self.bot.db
         active = await db.versions.active(guild_id)
@@ -236,9 +224,8 @@ class Admin(commands.Cog):
 
     # --- /dataset -------------------------------------------------------------------------------
     @dataset_group.command(name="stats", description="Moderators: how many examples by status and source.")
+    @moderator_only()
     async def dataset_stats(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         db = self.bot.db
         stats = await db.examples.stats(guild_id)
@@ -308,9 +295,8 @@ class Admin(commands.Cog):
     @config_group.command(name="set", description="Moderators: change one setting.")
     @app_commands.describe(setting="which setting (start typing for the list)",
                            value="the new value, or 'default' to reset it")
+    @moderator_only()
     async def config_set(self, interaction: discord.Interaction, setting: str, value: str) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild = interaction.guild
         name = setting.strip()
         try:

@@ -12,6 +12,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.custom_ids import FORGET
+
 if TYPE_CHECKING:
     from bot.bot import GuildtuneBot
 
@@ -21,13 +23,13 @@ CONFIRM_TEXT = ("This deletes **every example you contributed in this server** (
 
 
 class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=r"guildtune:forget:(?P<user_id>[0-9]+):(?P<action>confirm|cancel)"):
+                   template=rf"{FORGET}:(?P<user_id>[0-9]+):(?P<action>confirm|cancel)"):
     def __init__(self, user_id: int, action: str):
         confirm = action == "confirm"
         super().__init__(discord.ui.Button(
             label="Delete my examples" if confirm else "Cancel",
             style=discord.ButtonStyle.danger if confirm else discord.ButtonStyle.secondary,
-            custom_id=f"guildtune:forget:{user_id}:{action}"))
+            custom_id=f"{FORGET}:{user_id}:{action}"))
         self.user_id = user_id
         self.action = action
 
@@ -42,12 +44,11 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
             return False
         return True
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def callback(self, interaction: discord.Interaction[GuildtuneBot]) -> None:
         if self.action == "cancel":
             await interaction.response.edit_message(content="Cancelled: nothing was deleted.", view=None)
             return
-        bot: GuildtuneBot = interaction.client  # type: ignore[assignment]
-        count = await bot.db.examples.forget_author(interaction.guild_id, self.user_id)
+        count = await interaction.client.db.examples.forget_author(interaction.guild_id, self.user_id)
         text = (f"Deleted {count} example{'s' if count != 1 else ''} you contributed. They are left out of "
                 "the next training run." if count else "You have no examples in this server: nothing to delete.")
         await interaction.response.edit_message(content=text, view=None)
