@@ -126,87 +126,106 @@ def plan(cfg: "TrainConfig", model_config, machine: Machine, *, lengths: Sequenc
     device, bf16 = _device_and_dtype(cfg, machine)
     reasons.append(f"{'bf16' if bf16 else 'fp32'} on {device}")
     attn = cfg.attn_implementation or ("eager" if model_type.startswith("gemma") else "sdpa")
-    budget_gib = usable = None
+    budget_gib = None
     if device == "cuda":
         budget_gib = machine.gpu_total_bytes / GiB
         if cfg.memory_cap_gib is not None:
             budget_gib = min(budget_gib, cfg.memory_cap_gib)
-        usable = usable_gib(budget_gib, cfg.memory_cap_gib)
-    memory = _Memory(cfg, model_config, machine, attn) if device == "cuda" else None
+    memory = _Memory(cfg, model_config, machine, attn, budget_gib) if device == "cuda" else None
 
-    packing = _packs(cfg, device, bf16)
-    qlora = False
-    if cfg.qlora == "on":
-        if device != "cuda":
-            raise RuntimeError("QLoRA (GUILDTUNE_QLORA=on) needs a CUDA GPU; set it to auto or off on a CPU.")
-        if not machine.bitsandbytes:
-            raise RuntimeError("QLoRA needs bitsandbytes: pip install 'guildtune[gpu]' (or bitsandbytes).")
-        qlora = True
-        reasons.append("QLoRA on (configured)")
-    elif cfg.qlora == "auto" and memory is not None and machine.bitsandbytes:
-        layout = _layout(cfg, packing, lengths)
-        needed = memory.gib(layout, qlora=False, checkpointing=True)
-        if needed > FIT_FRACTION * budget_gib:
-            qlora = True
-            reasons.append(f"QLoRA on: bf16 LoRA needs ~{needed:.1f} GiB > {FIT_FRACTION:.0%} of {budget_gib:.1f} GiB")
+    qlora = _qlora(cfg, machine, device, memory, _layout(cfg, _packs(cfg, device, bf16), lengths), reasons)
     if qlora and not bf16 and device == "cuda":
         bf16 = machine.bf16_supported
     packing = _packs(cfg, device, bf16 or qlora)
-
     layout = _layout(cfg, packing, lengths)
     if packing:
         reasons.append(f"packing into fixed rows of {layout.row_len} tokens ({cfg.per_device_batch_size} x mean "
                        f"length {layout.mean_len:.0f}, at least max_length) with per-conversation attention")
         attn = ATTN_IMPLEMENTATION
+    checkpointing, kept, est = _checkpointing(cfg, memory, layout, qlora, reasons)
+    compile_blocks = _compiles(cfg, device, packing, total_steps, reasons)
+    use_liger = bool(device == "cuda" and machine.liger and model_type in LIGER_FAMILIES and not compile_blocks
+                     and (cfg.liger == "on" or (cfg.liger == "auto" and LIGER_BY_DEFAULT)))
+    if use_liger:
+        reasons.append("liger kernels (RMSNorm, SwiGLU, RoPE)")
+    return Plan(device=device, bf16=bf16, qlora=qlora, gradient_checkpointing=checkpointing,
+                optim=_optimizer(cfg, device, qlora), attn_implementation=attn, reasons=reasons, packing=packing,
+                row_len=layout.row_len, layers_without_checkpointing=kept, use_liger=use_liger,
+                compile=compile_blocks, budget_gib=budget_gib, estimate_gib={k: round(v, 3) for k, v in est.items()})
 
-    est: dict[str, float] = {}
+
+def _qlora(cfg: "TrainConfig", machine: Machine, device: str, memory: "_Memory | None", layout: "_Layout",
+           reasons: list[str]) -> bool:
+    """A 4-bit base: when configured, or ('auto') when even a checkpointed bf16 run does not fit the GPU."""
+    if cfg.qlora == "on":
+        if device != "cuda":
+            raise RuntimeError("QLoRA (GUILDTUNE_QLORA=on) needs a CUDA GPU; set it to auto or off on a CPU.")
+        if not machine.bitsandbytes:
+            raise RuntimeError("QLoRA needs bitsandbytes: pip install 'guildtune[gpu]' (or bitsandbytes).")
+        reasons.append("QLoRA on (configured)")
+        return True
+    if cfg.qlora != "auto" or memory is None or not machine.bitsandbytes:
+        return False
+    needed = memory.gib(layout, qlora=False, checkpointing=True)
+    if needed <= FIT_FRACTION * memory.budget_gib:
+        return False
+    reasons.append(f"QLoRA on: bf16 LoRA needs ~{needed:.1f} GiB > {FIT_FRACTION:.0%} of {memory.budget_gib:.1f} GiB")
+    return True
+
+
+def _checkpointing(cfg: "TrainConfig", memory: "_Memory | None", layout: "_Layout", qlora: bool,
+                   reasons: list[str]) -> tuple[bool, int, dict[str, float]]:
+    """(checkpointing, layers that keep their activations, the estimates in GiB): 'auto' checkpoints only
+    when the run without it exceeds the budget, and then lets the first layers that still fit keep theirs."""
+    if memory is None:  # on the CPU memory is not the constraint
+        on = cfg.gradient_checkpointing == "on"
+        if on:
+            reasons.append("gradient checkpointing on (configured)")
+        return on, 0, {}
+    est = {"no_checkpointing": memory.gib(layout, qlora=qlora, checkpointing=False),
+           "checkpointing": memory.gib(layout, qlora=qlora, checkpointing=True)}
     kept = 0
-    if memory is not None:
-        est = {"no_checkpointing": memory.gib(layout, qlora=qlora, checkpointing=False),
-               "checkpointing": memory.gib(layout, qlora=qlora, checkpointing=True)}
     if cfg.gradient_checkpointing == "on":
         checkpointing = True
         reasons.append("gradient checkpointing on (configured)")
-    elif cfg.gradient_checkpointing == "off" or memory is None:
-        checkpointing = False  # off as configured, or on the CPU, where memory is not the constraint
+    elif cfg.gradient_checkpointing == "off":
+        checkpointing = False
     else:
+        usable, budget = memory.usable_gib, memory.budget_gib
         checkpointing = est["no_checkpointing"] > usable
         if checkpointing:
             per_layer = memory.layer_gib(layout)
             kept = max(0, min(memory.shape.layers - 1, int((usable - est["checkpointing"]) // per_layer)))
             reasons.append(f"gradient checkpointing on: ~{est['no_checkpointing']:.1f} GiB without it > "
-                           f"{usable:.1f} GiB usable of {budget_gib:.1f}"
+                           f"{usable:.1f} GiB usable of {budget:.1f}"
                            + (f"; the first {kept} layers keep their activations" if kept else ""))
         else:
             reasons.append(f"no gradient checkpointing: ~{est['no_checkpointing']:.1f} GiB fits "
-                           f"{usable:.1f} GiB usable of {budget_gib:.1f}")
-    if checkpointing and memory is not None:
+                           f"{usable:.1f} GiB usable of {budget:.1f}")
+    if checkpointing:
         est["chosen"] = memory.gib(layout, qlora=qlora, checkpointing=True, kept=kept)
+    return checkpointing, kept, est
 
+
+def _optimizer(cfg: "TrainConfig", device: str, qlora: bool) -> str:
     if cfg.optim != "auto":
-        optim = cfg.optim
-    elif qlora:
-        optim = "paged_adamw_8bit"
-    elif device == "cuda":
-        optim = "adamw_torch_fused"
-    else:
-        optim = "adamw_torch"
-    cuda = device == "cuda"
+        return cfg.optim
+    if qlora:
+        return "paged_adamw_8bit"  # memory is the point of QLoRA
+    return "adamw_torch_fused" if device == "cuda" else "adamw_torch"
+
+
+def _compiles(cfg: "TrainConfig", device: str, packing: bool, total_steps: int | None, reasons: list[str]) -> bool:
+    """torch.compile the blocks: packed CUDA runs (one static shape), in 'auto' only those long enough to pay."""
+    if device != "cuda" or not packing:
+        return False
     long_run = total_steps is None or total_steps >= COMPILE_MIN_STEPS
-    compile_blocks = cuda and packing and (cfg.compile == "on" or (cfg.compile == "auto" and COMPILE_BY_DEFAULT
-                                                                  and long_run))
-    if compile_blocks:
+    if cfg.compile == "on" or (cfg.compile == "auto" and COMPILE_BY_DEFAULT and long_run):
         reasons.append("torch.compile on each decoder block (fixed packed rows: compiled once)")
-    elif cuda and packing and cfg.compile == "auto" and not long_run:
+        return True
+    if cfg.compile == "auto" and not long_run:
         reasons.append(f"no torch.compile: {total_steps} steps are too few to earn the compile time back")
-    use_liger = bool(cuda and machine.liger and model_type in LIGER_FAMILIES and not compile_blocks
-                     and (cfg.liger == "on" or (cfg.liger == "auto" and LIGER_BY_DEFAULT)))
-    if use_liger:
-        reasons.append("liger kernels (RMSNorm, SwiGLU, RoPE)")
-    return Plan(device=device, bf16=bf16, qlora=qlora, gradient_checkpointing=checkpointing, optim=optim,
-                attn_implementation=attn, reasons=reasons, packing=packing, row_len=layout.row_len,
-                layers_without_checkpointing=kept, use_liger=use_liger, compile=compile_blocks,
-                budget_gib=budget_gib, estimate_gib={k: round(v, 3) for k, v in est.items()})
+    return False
 
 
 def _device_and_dtype(cfg: "TrainConfig", machine: Machine) -> tuple[str, bool]:
@@ -244,10 +263,12 @@ def _layout(cfg: "TrainConfig", packing: bool, lengths: Sequence[int] | None) ->
 
 
 class _Memory:
-    """One GPU's estimated peak for the run's variants (trainer/estimate.py), the model counted once."""
+    """One GPU's budget, and its estimated peak for the run's variants (trainer/estimate.py), the model counted once."""
 
-    def __init__(self, cfg: "TrainConfig", model_config, machine: Machine, attn: str):
+    def __init__(self, cfg: "TrainConfig", model_config, machine: Machine, attn: str, budget_gib: float):
         self.cfg, self.machine, self.attn = cfg, machine, attn
+        self.budget_gib = budget_gib
+        self.usable_gib = usable_gib(budget_gib, cfg.memory_cap_gib)
         self.shape: ModelShape = model_shape(model_config)
         self.label = f"config:{getattr(model_config, 'model_type', '')}"
 
