@@ -47,7 +47,7 @@ async def main(args) -> dict:
 
     from bot.bot import GuildtuneBot
     from guildtune.demo import community_facts
-    from guildtune.runtime import base_model_dir
+    from guildtune.runtime import base_model_dir, bot_options, daemon_options
     from guildtune.settings import load_settings
     from serving.local_server import LocalServer
     from serving.prompting import guild_messages
@@ -75,7 +75,7 @@ async def main(args) -> dict:
     trainer_server = LocalServer(base, device=settings.device)  # the trainer process's view
     bot_server = LocalServer(base, device=settings.device)      # the bot process's model server
     tracker = ActiveVersionTracker(db, bot_server, poll_s=settings.version_poll_s)
-    daemon = TrainerDaemon(db, settings, trainer_server)
+    daemon = TrainerDaemon(db, daemon_options(settings), trainer_server)
     messages = guild_messages(gs, QUESTION)
     options = GenerationOptions(temperature=0.0, max_tokens=args.max_tokens, timeout_s=600)
     results: dict = {"device": settings.device, "poll_s": settings.version_poll_s}
@@ -119,7 +119,7 @@ async def main(args) -> dict:
         await db.versions.activate(g.id, (await db.versions.create(
             g.id, run_id=None, adapter_path=v2.adapter_path, base_model=v2.base_model, metrics={},
             n_examples=0)).id)
-        bot = GuildtuneBot(db=db, server=bot_server, settings=settings,
+        bot = GuildtuneBot(db=db, server=bot_server, options=bot_options(settings),
                            tracker=ActiveVersionTracker(db, bot_server, poll_s=60))
         await fake.start_bot(bot, token="bench-token")
         for _ in range(args.asks):

@@ -41,6 +41,7 @@ def build_random_base(files: Path, out: Path) -> float:
 
 
 async def measure(args, base: Path, work: Path) -> dict:
+    from guildtune.runtime import daemon_options
     from guildtune.settings import load_settings
     from serving.local_server import LocalServer
     from serving.protocol import GenerationOptions
@@ -55,7 +56,6 @@ async def measure(args, base: Path, work: Path) -> dict:
                              # random weights know nothing and drift anywhere: the gate's whole work is
                              # still on the clock, its verdict is not what this measures
                              GUILDTUNE_GATE_MAX_DRIFT=1e6, GUILDTUNE_GATE_TOLERANCE=1)
-    os.environ.update(settings.child_env())
     db = await Database.open(settings.db_path)
     rows = parse_file(Path(args.data)).rows[: args.rows]
     added = await db.examples.add_many(1, [r.conversation for r in rows], source="import", author_id=None,
@@ -64,7 +64,7 @@ async def measure(args, base: Path, work: Path) -> dict:
     await server.preload(None)  # the bot is up and answering before the run, as in production
     tracker = ActiveVersionTracker(db, server, poll_s=3600)
     await tracker.start()
-    daemon = TrainerDaemon(db, settings, server, on_swap=tracker.refresh)
+    daemon = TrainerDaemon(db, daemon_options(settings), server, on_swap=tracker.refresh)
     question = [{"role": "user", "content": "Give three tips for staying healthy."}]
 
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ that reaches `training_step`; CUDA synchronised at each step end; peak allocated
 training, counter reset at train begin).
 
 Variants (each in its own process: liger patches classes globally):
-  project         TrainConfig defaults for this GPU (trainer/speed.py decides everything)
+  project         TrainConfig defaults for this GPU (trainer/plan.py decides everything)
   project_capped  the same with memory_cap_gib (--cap-gib) — the small-card mode
   project_qlora   qlora="on" (bnb nf4, double quant, bf16 compute)
   baseline_A      the seeds' way through the same code: batch 8 padded to the longest, no packing,
@@ -91,7 +91,7 @@ def train_config(variant: str, a):
     if getattr(a, "device", None):
         common["device"] = a.device
     # The workload's 2,000 conversations are a 250-step run, where compile="auto" compiles
-    # (trainer/speed.py COMPILE_MIN_STEPS); the bench times 60 of those steps, so it says so itself.
+    # (trainer/plan.py COMPILE_MIN_STEPS); the bench times 60 of those steps, so it says so itself.
     if variant == "project":
         kw = dict(compile="on")
     elif variant == "project_capped":  # bf16 LoRA under the cap (QLoRA is its own variant)
@@ -198,8 +198,7 @@ def _run(a, res, dump) -> None:
     res["prepare_s"] = round(time.time() - t0, 1)
     trainer = prepared.trainer
     anchor.wrap_training_step(trainer, meter)
-    res["plan"] = {k: v for k, v in vars(prepared.plan).items()}
-    res["speed"] = prepared.speed
+    res["plan"] = prepared.plan.to_dict()
     res["effective"] = dict(
         collator=type(trainer.data_collator).__name__,
         attn_implementation=trainer.model.config._attn_implementation,
@@ -227,7 +226,7 @@ def _run(a, res, dump) -> None:
                              peak_alloc_train_gib=round(peak / gib, 3),
                              peak_reserved_train_gib=round(torch.cuda.max_memory_reserved() / gib, 3),
                              alloc_at_train_begin_gib=round(mem.get("before_train_alloc", 0) / gib, 3),
-                             estimate_gib=prepared.speed.get("estimate_gib"))
+                             estimate_gib=prepared.plan.estimate_gib)
     res["ranks"] = _gather_ranks(res["throughput"], res.get("memory", {}))
     res["throughput_total"] = _total(res["ranks"])
     split = cfg.for_processes(len(res["ranks"]))
@@ -337,7 +336,7 @@ def cmd_summarize(a) -> None:
             continue
         r = json.loads(p.read_text())
         key = p.stem if p.stem in VARIANTS else "experiment_" + p.stem
-        result[key] = _figures(r) | {"speed": r.get("speed"), "effective": r.get("effective")}
+        result[key] = _figures(r) | {"speed": r.get("speed", r.get("plan")), "effective": r.get("effective")}
         result["device"] = result["device"] or r.get("device")
     if a.anchor_results and Path(a.anchor_results).is_file():
         for r in json.loads(Path(a.anchor_results).read_text()).get("results", []):
@@ -393,10 +392,10 @@ def gpu_counts(n: int) -> list[int]:
 def shape_name(model_dir: str) -> str:
     from transformers import AutoConfig
 
-    from trainer.speed import Shape
+    from trainer.estimate import model_shape
 
     config = AutoConfig.from_pretrained(model_dir)
-    return f"{config.model_type}-{Shape.from_config(config).n_params / 1e9:.2f}B"
+    return f"{config.model_type}-{model_shape(config).n_params / 1e9:.2f}B"
 
 
 def cmd_multigpu(a) -> None:

@@ -7,6 +7,8 @@ the given sequence length and batch, and compare `torch.cuda.max_memory_allocate
 logits (plain `labels=` loss), so the estimate is asked with `chunked_loss=False`.
 
 Usage (GPU): PYTHONPATH=. python bench/vram_estimate.py [--json out.json]
+       (CPU): PYTHONPATH=. python bench/vram_estimate.py --against bench/results/vram_estimate.json
+              compares today's estimate with the peaks a GPU run stored (no GPU needed).
 """
 from __future__ import annotations
 
@@ -76,9 +78,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--against", type=Path, help="a stored --json of a GPU run: re-estimate its cases only")
     args = parser.parse_args()
+    stored = json.loads(args.against.read_text()) if args.against else None
+    if stored is not None and len(stored) != len(CASES):
+        raise SystemExit(f"{args.against} has {len(stored)} rows, this script {len(CASES)} cases")
     rows = []
-    for name, cfg, seq, batch, ckpt in CASES:
+    for i, (name, cfg, seq, batch, ckpt) in enumerate(CASES):
         raw = dict(EMBEDDED_GEMMA_CONFIG) if cfg == "embedded" else dict(cfg)
         if "layer_types" in raw:
             raw["layer_types"] = list(raw["layer_types"])
@@ -86,7 +92,7 @@ def main() -> None:
         est = estimate_memory(config, "lora", seq_len=seq, batch_size=batch, lora_r=16,
                               gradient_checkpointing=ckpt, chunked_loss=False)
         estimated = est.total_bytes / 2**30
-        measured = measure(config, seq, batch, ckpt)
+        measured = stored[i]["measured_peak_gib"] if stored is not None else measure(config, seq, batch, ckpt)
         err = (estimated - measured) / measured
         rows.append({"model": name, "seq_len": seq, "batch": batch, "checkpointing": ckpt,
                      "estimated_gib": round(estimated, 3), "measured_peak_gib": round(measured, 3),

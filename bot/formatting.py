@@ -1,4 +1,4 @@
-"""Text the bot posts: Discord's 2,000-character limit, code blocks, mentions, progress bars, times.
+"""Text the bot posts: Discord's limits, code blocks, mentions, progress bars, times.
 
 Model output goes through `split_message` (long answers become several messages, never a silent
 cut, and a code block split across messages is closed and reopened so each part renders) and is
@@ -11,7 +11,9 @@ import time
 
 import discord
 
+#: Discord's limits on text: characters in one message, and in one text field of a form (a modal).
 MESSAGE_LIMIT = 2000
+FORM_FIELD_LIMIT = 4000
 FENCE = "```"
 NO_MENTIONS = discord.AllowedMentions.none()
 

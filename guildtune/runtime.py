@@ -1,13 +1,25 @@
 """Wiring the parts together for `guildtune up`, `bot`, `trainer` and `ask`: which model server
-the settings ask for, and the long-running processes with a clean shutdown."""
+the settings ask for, the options each part reads of the settings, and the long-running processes
+with a clean shutdown.
+
+The parts never import the settings: each declares the few options it reads as a dataclass
+(`BotOptions`, `DaemonOptions`, `JobOptions`, `LaunchOptions`) and this module fills them in.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from guildtune.settings import EMBEDDED_BASE_MODEL, Settings
 from serving.protocol import ModelServer
 from storage.db import Database
+
+if TYPE_CHECKING:
+    from bot.bot import BotOptions
+    from trainer.daemon import DaemonOptions
+    from trainer.job import JobOptions
+    from trainer.launch import LaunchOptions
 
 log = logging.getLogger("guildtune")
 
@@ -44,6 +56,40 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("aiosqlite").setLevel(logging.DEBUG if settings.log_sql else logging.INFO)
 
 
+def bot_options(settings: Settings) -> "BotOptions":
+    from bot.bot import BotOptions
+
+    return BotOptions(ask_cooldown_s=settings.ask_cooldown_s, ask_concurrency=settings.ask_concurrency,
+                      answer_timeout_s=settings.answer_timeout_s, version_poll_s=settings.version_poll_s,
+                      dev_guild_id=settings.dev_guild_id)
+
+
+def job_options(settings: Settings) -> "JobOptions":
+    """A training job's options: the TrainConfig fields the settings name, GUILDTUNE_TRAIN_CONFIG over them."""
+    from trainer.job import JobOptions
+
+    train = dict(max_steps=settings.train_max_steps, device=settings.device, qlora=settings.qlora,
+                 memory_cap_gib=settings.memory_cap_gib, compile=settings.train_compile, report_to=settings.report_to)
+    return JobOptions(db=str(settings.db_path), versions_dir=settings.versions_dir, models_dir=settings.models_dir,
+                      base_model=settings.base_model, device=settings.device, train={**train, **settings.train_config},
+                      gate_tolerance=settings.gate_tolerance, gate_max_drift=settings.gate_max_drift,
+                      gate_sample=settings.gate_sample)
+
+
+def launch_options(settings: Settings) -> "LaunchOptions":
+    from trainer.launch import LaunchOptions
+
+    return LaunchOptions(train_gpus=settings.train_gpus, device=settings.device, base_model=settings.base_model,
+                         models_dir=settings.models_dir, qlora=settings.qlora, memory_cap_gib=settings.memory_cap_gib)
+
+
+def daemon_options(settings: Settings) -> "DaemonOptions":
+    from trainer.daemon import DaemonOptions
+
+    return DaemonOptions(keep_versions=settings.keep_versions, poll_s=settings.trainer_poll_s,
+                         launch=launch_options(settings), job=job_options(settings))
+
+
 def base_model_dir(settings: Settings) -> str:
     """The base model as a local Hugging Face folder (dequantizes the embedded GGUF once)."""
     from trainer.base_model import resolve_base_model
@@ -66,8 +112,7 @@ async def make_server(settings: Settings) -> ModelServer:
         if settings.base_model != EMBEDDED_BASE_MODEL or settings.models_dir.exists():
             base_dir = await asyncio.to_thread(base_model_dir, settings)
         return OllamaServer(settings.ollama_host, base_tag=settings.ollama_base_tag, base_model_dir=base_dir,
-                            tag_prefix=settings.tag_prefix, keep_versions=settings.keep_versions,
-                            quantize=settings.ollama_quantize, timeout_s=settings.answer_timeout_s,
+                            tag_prefix=settings.tag_prefix, quantize=settings.ollama_quantize, timeout_s=settings.answer_timeout_s,
                             work_dir=settings.data_dir / "ollama-staging")
     from serving.local_server import LocalServer
 
@@ -105,7 +150,8 @@ async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: as
     try:
         if trainer:
             async def run_trainer():
-                daemon = TrainerDaemon(db, settings, await warm, on_swap=tracker.refresh if bot else None)
+                daemon = TrainerDaemon(db, daemon_options(settings), await warm,
+                                       on_swap=tracker.refresh if bot else None)
                 await daemon.run_forever(stop)
 
             tasks.append(asyncio.create_task(run_trainer(), name="trainer"))
@@ -114,7 +160,8 @@ async def run_services(settings: Settings, *, bot: bool, trainer: bool, stop: as
 
             async def run_bot(message_content: bool = True):
                 nonlocal client
-                client = GuildtuneBot(db=db, settings=settings, tracker=tracker, message_content=message_content)
+                client = GuildtuneBot(db=db, options=bot_options(settings), tracker=tracker,
+                                      message_content=message_content)
                 try:
                     await client.start(token)
                 except discord.PrivilegedIntentsRequired:

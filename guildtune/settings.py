@@ -5,7 +5,6 @@ A bad value stops the program at start with the variable's name, the value and w
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.limits import MAX_DISCORD_ID, MIN_DISCORD_ID
+from trainer.config import TrainConfig
 
 EMBEDDED_BASE_MODEL = "embedded:gemma-3-270m"
 ENV_FILE = ".env"
@@ -100,8 +100,6 @@ class Settings(BaseSettings):
     @field_validator("train_config")
     @classmethod
     def _known_train_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from trainer.config import TrainConfig
-
         try:
             TrainConfig(**value)
         except TypeError as exc:
@@ -116,19 +114,6 @@ class Settings(BaseSettings):
         if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 1024):
             raise ValueError("use auto (every visible GPU) or a number of GPUs from 1 to 1024")
         return value if value == "auto" else str(int(value))
-
-    def child_env(self) -> dict[str, str]:
-        """These settings as environment variables for a child process (the training job),
-        so it sees exactly what its parent sees. Secrets (the Discord token, the vLLM key) are left
-        out: a job needs none."""
-        env = {}
-        for name, field in type(self).model_fields.items():
-            value = getattr(self, name)
-            if isinstance(value, SecretStr) or value is None:
-                continue
-            env[field.alias] = json.dumps(value) if isinstance(value, dict) else str(value)
-        env["GUILDTUNE_DB"] = str(self.db_path)
-        return env
 
     @property
     def db_path(self) -> Path | str:

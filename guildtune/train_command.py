@@ -6,7 +6,7 @@ import asyncio
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from guildtune.runtime import make_server
+from guildtune.runtime import daemon_options, make_server
 from guildtune.settings import Settings
 from storage.db import Database
 from trainer.daemon import TrainerDaemon
@@ -32,7 +32,7 @@ async def train_now(settings: Settings, guild_id: int, console: Console, server=
     try:
         if own_server:
             server = await make_server(settings)
-        daemon = TrainerDaemon(db, settings, server)
+        daemon = TrainerDaemon(db, daemon_options(settings), server)
         for dead in await daemon.reap_dead_runs():
             console.print(f"[yellow]run {dead.id} of guild {dead.guild_id} had been left running by a process "
                           "that died; marked failed.[/yellow]", highlight=False)

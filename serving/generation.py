@@ -16,7 +16,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from serving.chat_encoding import encode_chat
 from serving.protocol import GenerationOptions, ModelServerError
-from trainer.quiet import quiet_libraries
+from serving.quiet import quiet_libraries
 
 quiet_libraries()
 

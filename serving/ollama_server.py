@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -70,7 +69,6 @@ class OllamaServer:
         base_tag: str = "gemma3:270m",
         base_model_dir: str | Path | None = None,
         tag_prefix: str = "guildtune",
-        keep_versions: int = 3,
         quantize: str | None = None,
         timeout_s: float = 600.0,
         *,
@@ -83,7 +81,6 @@ class OllamaServer:
         self.base_tag = base_tag
         self.base_model_dir = str(base_model_dir) if base_model_dir else None
         self.tag_prefix = tag_prefix
-        self.keep_versions = max(1, keep_versions)
         self.quantize = quantize
         self.timeout_s = timeout_s
         self.keep_alive = keep_alive
@@ -101,9 +98,6 @@ class OllamaServer:
         if version is None:
             return self.base_tag
         return f"{self.tag_prefix}-{version.guild_id}:v{version.number}"
-
-    def _guild_tag_re(self, guild_id: int) -> re.Pattern[str]:
-        return re.compile(rf"^{re.escape(f'{self.tag_prefix}-{guild_id}')}:v(\d+)$")
 
     # ---- chat ----------------------------------------------------------------------------------
     async def chat(
@@ -321,32 +315,6 @@ class OllamaServer:
                 raise self._translate(e, f"deleting {tag}", tag=tag) from e
         except Exception as e:  # noqa: BLE001
             raise self._translate(e, f"deleting {tag}", tag=tag) from e
-
-    async def guild_tags(self, guild_id: int) -> list[tuple[int, str]]:
-        """(version number, tag) of the guild's tags on the server, newest first."""
-        pattern = self._guild_tag_re(guild_id)
-        try:
-            listing = await self._client.list()
-        except Exception as e:  # noqa: BLE001
-            raise self._translate(e, "listing models") from e
-        found = []
-        for model in listing.models:
-            match = pattern.match(model.model or "")
-            if match:
-                found.append((int(match.group(1)), model.model))
-        return sorted(found, reverse=True)
-
-    async def prune(self, guild_id: int, keep: Iterable[str] = ()) -> list[str]:
-        """Delete the guild's tags beyond the newest `keep_versions`, sparing the tags in `keep`
-        (the active version, say); returns the deleted tags."""
-        spared = set(keep)
-        deleted = []
-        for index, (_number, tag) in enumerate(await self.guild_tags(guild_id)):
-            if index < self.keep_versions or tag in spared:
-                continue
-            await self._delete_tag(tag)
-            deleted.append(tag)
-        return deleted
 
     # ---- health --------------------------------------------------------------------------------
     async def health(self) -> ServerHealth:

@@ -24,7 +24,15 @@ if TYPE_CHECKING:
 
 
 class ExampleError(Exception):
-    """A user-facing refusal (unknown id, already decided, duplicate)."""
+    """A refusal with a plain message (the bot adds where to look: bot/replies.py)."""
+
+
+class UnknownExample(ExampleError, LookupError):
+    """No example with this id in this guild."""
+
+    def __init__(self, example_id: int):
+        super().__init__(f"There is no example #{example_id} in this server.")
+        self.example_id = example_id
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,15 @@ class AddResult:
 
 @dataclass(frozen=True)
 class Decision:
+    """What `decide` did: `ok`, or why not (decided before, by whom; or the edit duplicates another example).
+    bot/replies.py says it in words."""
+
     ok: bool
     example: Example
-    message: str
+    #: not ok because the example was decided before: who decided it (None when unknown)
+    decided_by: int | None = None
+    #: not ok because the edited text duplicates this example
+    duplicate_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +125,7 @@ class ExampleRepository:
     async def require(self, guild_id: int, example_id: int) -> Example:
         example = await self.get(guild_id, example_id)
         if example is None:
-            raise ExampleError(f"There is no example #{example_id} in this server. Check the id with /review.")
+            raise UnknownExample(example_id)
         return example
 
     async def add(
@@ -197,17 +211,14 @@ class ExampleRepository:
         async with self.db.transaction() as conn:
             before = await self.require(guild_id, example_id)
             if before.status != "pending":
-                who = await self._last_decider(guild_id, example_id)
-                by = f" by <@{who}>" if who else ""
-                return Decision(False, before, f"Example #{example_id} was already {before.status}{by}.")
+                return Decision(False, before, decided_by=await self._last_decider(guild_id, example_id))
             if clean is not None:
                 digest = _digest(clean, before.label)
                 clash = await self.db.fetchone(
                     "SELECT id FROM examples WHERE guild_id=? AND content_hash=? AND id<>?",
                     (guild_id, digest, example_id))
                 if clash:
-                    return Decision(False, before,
-                                    f"The edited text duplicates example #{clash['id']}; reject this one instead.")
+                    return Decision(False, before, duplicate_of=clash["id"])
                 await conn.execute(
                     "UPDATE examples SET messages=?, content_hash=?, status=?, updated_at=? "
                     "WHERE guild_id=? AND id=? AND status='pending'",
@@ -219,7 +230,7 @@ class ExampleRepository:
             after = await self.require(guild_id, example_id)
             action = ("edited_and_approved" if clean is not None else "approved") if approve else "rejected"
             await self._event(conn, after, actor_id, action, _snapshot(before), _snapshot(after), reason)
-        return Decision(True, after, f"Example #{example_id} {new_status}.")
+        return Decision(True, after)
 
     async def _last_decider(self, guild_id: int, example_id: int) -> int | None:
         row = await self.db.fetchone(

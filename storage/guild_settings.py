@@ -16,9 +16,14 @@ FIELDS = {f.name: f for f in dataclasses.fields(GuildSettings) if f.name != "gui
 class SettingError(ValueError):
     """Names the setting, the value given and what is allowed."""
 
+    @classmethod
+    def invalid(cls, name: str, raw: str, expected: str) -> "SettingError":
+        return cls(f"{name} = {raw!r} is not valid: expected {expected}.")
+
 
 def parse_setting(name: str, raw: str) -> Any:
-    """Turn the text a moderator typed into the setting's value, or explain why not."""
+    """Turn a setting's text into its value, or explain why not. Roles and channels are given by id
+    (the bot turns Discord's mentions into ids first: bot/replies.py)."""
     from storage.schedule import parse_schedule
 
     if name not in FIELDS:
@@ -27,7 +32,7 @@ def parse_setting(name: str, raw: str) -> Any:
     default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING else FIELDS[name].default_factory()
     try:
         if name == "moderator_role_ids":
-            return [int(x.strip().strip("<@&>")) for x in raw.replace(",", " ").split() if x.strip()]
+            return [int(x) for x in raw.replace(",", " ").split()]
         if name == "golden_questions":
             value = json.loads(raw)
             if not isinstance(value, list) or not all(
@@ -36,7 +41,7 @@ def parse_setting(name: str, raw: str) -> Any:
                 raise ValueError
             return value
         if name == "review_channel_id":
-            return None if raw.lower() in ("", "none", "off") else int(raw.strip("<#>"))
+            return None if raw.lower() in ("", "none", "off") else int(raw)
         if isinstance(default, bool):
             if raw.lower() in ("true", "yes", "on", "1"):
                 return True
@@ -52,10 +57,10 @@ def parse_setting(name: str, raw: str) -> Any:
     except (ValueError, json.JSONDecodeError):
         hint = {
             "golden_questions": 'a JSON list like [{"question": "...", "expect": "..."}]',
-            "moderator_role_ids": "role mentions or ids separated by spaces",
-            "review_channel_id": "a channel mention or id, or 'off'",
+            "moderator_role_ids": "role ids separated by spaces",
+            "review_channel_id": "a channel id, or 'off'",
         }.get(name, type(default).__name__)
-        raise SettingError(f"{name} = {raw!r} is not valid: expected {hint}.") from None
+        raise SettingError.invalid(name, raw, hint) from None
     limits = {"temperature": (0.0, 2.0), "top_k": (1, 1000), "max_tokens": (16, 4096),
               "min_new_examples": (1, 100_000), "max_turns": (1, 20),
               "preference_up_votes": (1, 1000), "preference_down_votes": (1, 1000), "moderator_vote_weight": (1, 100)}

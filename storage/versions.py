@@ -17,6 +17,22 @@ def _row_to_version(r: Any) -> ModelVersion:
                         r["created_at"], r["activated_at"])
 
 
+class UnknownVersion(LookupError):
+    """No version with this id in this guild."""
+
+    def __init__(self, version_id: int):
+        super().__init__(f"There is no version id {version_id} in this server.")
+        self.version_id = version_id
+
+
+class VersionRemoved(LookupError):
+    """The version's model was removed from the model server: it can no longer be activated."""
+
+    def __init__(self, number: int):
+        super().__init__(f"Version v{number} was removed from the model server.")
+        self.number = number
+
+
 class VersionRepository:
     def __init__(self, db: "Database"):
         self.db = db
@@ -39,11 +55,6 @@ class VersionRepository:
                 " n_examples, created_at) VALUES (?,?,?,?,?,?,'ready',?,?) RETURNING id",
                 (guild_id, row["n"], run_id, adapter_path, base_model, json.dumps(metrics), n_examples, time.time()))
         return await self.get(guild_id, created["id"])
-
-    async def next_number(self, guild_id: int) -> int:
-        row = await self.db.fetchone(
-            "SELECT COALESCE(MAX(number), 0) + 1 AS n FROM model_versions WHERE guild_id=?", (guild_id,))
-        return int(row["n"])
 
     async def set_tag(self, guild_id: int, version_id: int, tag: str) -> None:
         async with self.db.transaction() as conn:
@@ -74,10 +85,9 @@ class VersionRepository:
         async with self.db.transaction() as conn:
             target = await self.get(guild_id, version_id)
             if target is None:
-                raise LookupError(f"There is no version id {version_id} in this server.")
+                raise UnknownVersion(version_id)
             if target.status == "removed":
-                raise LookupError(f"Version v{target.number} was removed from the model server; "
-                                  "choose a newer one from /model history.")
+                raise VersionRemoved(target.number)
             now = time.time()
             await conn.execute("UPDATE model_versions SET status='retired' WHERE guild_id=? AND status='active'",
                                (guild_id,))

@@ -59,6 +59,7 @@ import discord
 import pytest
 
 from bot.bot import EXTENSIONS, GuildtuneBot
+from guildtune.runtime import bot_options
 from guildtune.settings import Settings
 from serving.ollama_server import OllamaServer
 from storage.db import Database
@@ -103,7 +104,7 @@ class BotWorld:
     bot: GuildtuneBot | None = None
 
     def new_bot(self) -> GuildtuneBot:
-        return GuildtuneBot(db=self.db, server=self.server, settings=self.settings,
+        return GuildtuneBot(db=self.db, server=self.server, options=bot_options(self.settings),
                             message_content=self.message_content, extensions=self.extensions)
 
     async def restart_bot(self) -> GuildtuneBot:

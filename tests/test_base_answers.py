@@ -23,7 +23,7 @@ def settings(tmp_path, monkeypatch, tiny_model_dir):
 
 def test_general_rows_replay_the_base_answers_and_are_made_once(settings, tiny_model_dir, monkeypatch):
     cfg = TrainConfig(device="cpu")
-    rows = general_rows(cfg, tiny_model_dir, settings)
+    rows = general_rows(cfg, tiny_model_dir, settings.models_dir)
     with evaluation_model(tiny_model_dir, None, cfg) as (model, tokenizer):
         expected = greedy_answers(model, tokenizer, [[{"role": "user", "content": q}] for q in general_questions()],
                                   [drift.REFERENCE_TOKENS] * len(general_questions()))
@@ -36,22 +36,22 @@ def test_general_rows_replay_the_base_answers_and_are_made_once(settings, tiny_m
         raise AssertionError("the base was loaded again although its answers are cached")
 
     monkeypatch.setattr("trainer.sft.evaluation_model", no_model)
-    assert general_rows(cfg, tiny_model_dir, settings) == rows
+    assert general_rows(cfg, tiny_model_dir, settings.models_dir) == rows
 
 
 def test_written_answers_and_no_mix_need_no_model(settings, tiny_model_dir, monkeypatch):
     monkeypatch.setattr("trainer.sft.evaluation_model", lambda *a, **k: pytest.fail("no model needed"))
-    assert general_rows(TrainConfig(device="cpu", general_answers="written"), tiny_model_dir, settings) \
+    assert general_rows(TrainConfig(device="cpu", general_answers="written"), tiny_model_dir, settings.models_dir) \
         == general_instructions()
-    assert general_rows(TrainConfig(device="cpu", general_share=0), tiny_model_dir, settings) == []
+    assert general_rows(TrainConfig(device="cpu", general_share=0), tiny_model_dir, settings.models_dir) == []
 
 
 def test_a_torn_cache_file_is_rebuilt(settings, tiny_model_dir):
     cfg = TrainConfig(device="cpu")
-    rows = general_rows(cfg, tiny_model_dir, settings)
+    rows = general_rows(cfg, tiny_model_dir, settings.models_dir)
     for path in (settings.models_dir / "drift").glob("answers-*.json"):
         path.write_text("{not json")
-    assert general_rows(cfg, tiny_model_dir, settings) == rows
+    assert general_rows(cfg, tiny_model_dir, settings.models_dir) == rows
 
 
 def test_unknown_general_answers_is_refused_by_name():

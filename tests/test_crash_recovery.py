@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from guildtune.runtime import make_server
+from guildtune.runtime import daemon_options, make_server
 from guildtune.settings import load_settings
 from guildtune.train_command import train_now
 from storage.db import Database
@@ -121,7 +121,7 @@ async def check_recovered(settings, db: Database, ollama, crashed: TrainingRun, 
     assert leftover is None or leftover.status == "removed"
     if leftover is not None:
         assert f"guildtune-{GUILD}:v{leftover.number}" not in ollama.models
-    assert not any(folder.exists() for folder in version_dirs(settings, crashed))
+    assert not any(folder.exists() for folder in version_dirs(settings.versions_dir, crashed))
     if crashed.pid and crashed.pid_started:
         assert not Owner(crashed.owner.host, crashed.pid, crashed.pid_started).is_alive()
     active = await db.versions.active(GUILD)
@@ -158,10 +158,10 @@ async def test_killed_at_every_phase_then_trains_and_rollback_survives(crash_env
     #    `guildtune train` started beside the live run and left it alone
     proc = await spawn_train(tmp_path, "crash-mid-training", LONG_RUN_STEPS)
     run = await wait_for(lambda: _training(db), "training progress")
-    tmp_dir, _ = version_dirs(settings, run)
+    tmp_dir, _ = version_dirs(settings.versions_dir, run)
     server = await make_server(settings)
     try:
-        daemon = TrainerDaemon(db, settings, server)
+        daemon = TrainerDaemon(db, daemon_options(settings), server)
         await daemon.recover()  # what `guildtune trainer` does at start
         assert await daemon.tick() is None
     finally:

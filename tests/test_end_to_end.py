@@ -2,6 +2,7 @@
 /retrain → the trainer daemon trains the tiny model in a child process → publishes to Ollama (the
 stand-in, merged Gemma 3 path) → flips the pointer → /ask is answered by the new version; then
 /model rollback, and the next answer comes from the old one."""
+from guildtune.runtime import daemon_options
 from tests.bot_harness import start_world
 from tests.ollama_standin import standin_reply
 from trainer.daemon import TrainerDaemon
@@ -34,7 +35,7 @@ async def test_teach_approve_retrain_swap_ask_rollback(tmp_path, tiny_model_dir)
     settings = {"base_model": str(tiny_model_dir), "device": "cpu", "train_max_steps": 3, "answer_timeout_s": 60}
     async with start_world(tmp_path, settings=settings) as world:
         gid = world.guild.id
-        daemon = TrainerDaemon(world.db, world.settings, world.server, on_swap=world.bot.tracker.refresh)
+        daemon = TrainerDaemon(world.db, daemon_options(world.settings), world.server, on_swap=world.bot.tracker.refresh)
         question = "When is raid night?"
 
         before = await world.ask(world.member, question)

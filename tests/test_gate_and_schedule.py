@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+from guildtune.runtime import daemon_options
 from guildtune.settings import load_settings
 from storage.db import Database
 from storage.schedule import parse_schedule
@@ -87,7 +88,7 @@ async def daemon(tmp_path, monkeypatch):
     monkeypatch.setenv("GUILDTUNE_DATA_DIR", str(tmp_path))
     settings = load_settings()
     db = await Database.open(settings.db_path)
-    yield TrainerDaemon(db, settings, server=None)
+    yield TrainerDaemon(db, daemon_options(settings), server=None)
     await db.close()
 
 

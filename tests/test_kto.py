@@ -175,6 +175,7 @@ def test_a_skipped_stage_changes_nothing(tiny_model_dir, sft_adapter):
 
 
 async def test_a_run_with_voted_answers_has_a_preference_stage_and_gate_check(tmp_path, monkeypatch, tiny_model_dir):
+    from guildtune.runtime import daemon_options
     from guildtune.settings import load_settings
     from serving.local_server import LocalServer
     from storage.db import Database
@@ -204,7 +205,7 @@ async def test_a_run_with_voted_answers_has_a_preference_stage_and_gate_check(tm
                 await db.examples.decide(guild, made.example.id, actor_id=9, approve=True)
         assert len(await db.examples.preferences(guild)) == 10
         run, _, _ = await db.runs.enqueue(guild, trigger="retrain")
-        outcome = await TrainerDaemon(db, settings, server).process(await db.runs.claim(guild, run.id))
+        outcome = await TrainerDaemon(db, daemon_options(settings), server).process(await db.runs.claim(guild, run.id))
         run = outcome.run
         preference = run.metrics["preference"]
         assert preference["ran"] and preference["steps"] >= 1, run.error

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from guildtune.runtime import daemon_options
 from guildtune.settings import SettingsError, load_settings
 from trainer.config import TrainConfig
 from trainer.estimate import EMBEDDED_GEMMA_CONFIG, estimate_memory
@@ -112,16 +113,16 @@ def test_per_gpu_plan_keeps_the_global_batch():
     assert TrainConfig.for_dataset(3000).for_processes(2).per_device_batch_size == 4  # 8 a step over 2 GPUs
 
 
-def test_speed_planner_estimates_per_gpu_under_fsdp():
-    from transformers import AutoConfig
+def test_planner_estimates_per_gpu_under_fsdp():
+    from trainer.estimate import load_config
+    from trainer.plan import Machine, plan
 
-    from trainer.speed import Shape, estimate_peak_bytes
-
-    data = dict(LLAMA_8B)
-    shape = Shape.from_config(AutoConfig.for_model(data.pop("model_type"), **data))
-    whole = estimate_peak_bytes(shape, 4096, lora_r=16, checkpointing=True, qlora=False)
-    quarter = estimate_peak_bytes(shape, 4096, lora_r=16, checkpointing=True, qlora=False, weight_shards=4)
-    weights = 2 * shape.n_params
+    config = load_config(LLAMA_8B)
+    cfg = TrainConfig(gradient_checkpointing="on", packing="off", per_device_batch_size=4)
+    gpu = dict(cuda=True, bf16_supported=True, gpu_total_bytes=80 * 2**30)
+    whole = plan(cfg, config, Machine(**gpu)).estimate_gib["chosen"] * 2**30
+    quarter = plan(cfg, config, Machine(**gpu, weight_shards=4)).estimate_gib["chosen"] * 2**30
+    weights = 2 * estimate_memory(config, "lora").n_params
     assert abs((whole - quarter) - 0.75 * weights) < 0.05 * weights
 
 
@@ -203,7 +204,7 @@ async def test_daemon_launches_two_processes_and_only_rank_0_publishes(two_proce
 
     settings, db, server = two_process_env
     run, _, _ = await db.runs.enqueue(GUILD, trigger="retrain")
-    outcome = await TrainerDaemon(db, settings, server).process(await db.runs.claim(GUILD, run.id))
+    outcome = await TrainerDaemon(db, daemon_options(settings), server).process(await db.runs.claim(GUILD, run.id))
     done = outcome.run
     assert outcome.published, (done.error, done.gate_reason)
     assert done.status == "succeeded" and done.step == done.total_steps == 6 and len(done.loss_history) == 6
@@ -230,6 +231,6 @@ async def test_daemon_fails_the_run_when_the_gpus_are_not_there(two_process_env)
     settings, db, server = two_process_env
     settings = settings.model_copy(update={"device": "auto", "train_gpus": "3"})
     run, _, _ = await db.runs.enqueue(GUILD, trigger="retrain")
-    outcome = await TrainerDaemon(db, settings, server).process(await db.runs.claim(GUILD, run.id))
+    outcome = await TrainerDaemon(db, daemon_options(settings), server).process(await db.runs.claim(GUILD, run.id))
     assert not outcome.published and outcome.run.status == "failed"
     assert "GUILDTUNE_TRAIN_GPUS=3" in outcome.run.error and "GUILDTUNE_DEVICE=cpu" in outcome.run.error

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from guildtune.cli import app
+from guildtune.runtime import daemon_options
 from guildtune.settings import load_settings
 from serving.ollama_server import OllamaServer
 from storage.db import Database
@@ -32,7 +33,7 @@ async def daemon(tmp_path, monkeypatch, standin):
     settings = load_settings()
     db = await Database.open(settings.db_path)
     server = OllamaServer(standin.url, base_tag="llama3.2:1b", work_dir=tmp_path / "stage")
-    yield TrainerDaemon(db, settings, server)
+    yield TrainerDaemon(db, daemon_options(settings), server)
     await server.close()
     await db.close()
 
@@ -53,7 +54,7 @@ async def claimed_run(daemon, owner: Owner | None = None):
 
 async def version_of(daemon, run, *, activate: bool):
     """What the job and the daemon write for a run that trained: folder, version row, flip."""
-    _, final_dir = version_dirs(daemon.settings, run)
+    _, final_dir = version_dirs(daemon.options.job.versions_dir, run)
     final_dir.mkdir(parents=True)
     version = await daemon.db.versions.create(GUILD, run_id=run.id, adapter_path=str(final_dir),
                                               base_model="b", metrics={}, n_examples=2)
@@ -71,7 +72,7 @@ async def test_dead_owners_runs_fail_and_their_orphaned_job_is_killed(daemon):
     try:
         job_identity = Owner.of_pid(job.pid)
         await db.runs.update(GUILD, run.id, pid=job.pid, pid_started=job_identity.started)
-        tmp_dir, final_dir = version_dirs(daemon.settings, run)
+        tmp_dir, final_dir = version_dirs(daemon.options.job.versions_dir, run)
         tmp_dir.mkdir(parents=True)
         [reaped] = await daemon.reap_dead_runs()
         assert reaped.id == run.id
@@ -89,7 +90,7 @@ async def test_dead_owners_runs_fail_and_their_orphaned_job_is_killed(daemon):
 
 async def test_a_live_owners_run_is_left_alone_by_a_starting_daemon(daemon):
     run = await claimed_run(daemon)  # owned by this (live) process, as by `guildtune train`
-    tmp_dir, _ = version_dirs(daemon.settings, run)
+    tmp_dir, _ = version_dirs(daemon.options.job.versions_dir, run)
     tmp_dir.mkdir(parents=True)
     (tmp_dir / "adapter_model.safetensors").write_bytes(b"training...")
     other_owner_pid_reused = Owner(run.owner.host, run.owner.pid, run.owner.started + 7200)
@@ -130,7 +131,7 @@ async def test_failed_runs_keep_no_version_and_pruning_keeps_good_ones_for_rollb
 
 async def test_a_run_killed_after_the_flip_succeeded(daemon):
     run = await claimed_run(daemon, dead_process())
-    _, final_dir = version_dirs(daemon.settings, run)
+    _, final_dir = version_dirs(daemon.options.job.versions_dir, run)
     final_dir.mkdir(parents=True)
     version = await daemon.db.versions.create(GUILD, run_id=run.id, adapter_path=str(final_dir), base_model="b",
                                               metrics={}, n_examples=2)
@@ -156,7 +157,7 @@ async def test_an_unexpected_error_after_training_fails_the_run(daemon, monkeypa
     assert not outcome.published and outcome.run.status == "failed"
     assert outcome.run.error == "RuntimeError: disk quota exceeded"
     assert (await daemon.db.versions.for_run(GUILD, run.id)).status == "removed"
-    assert not any(folder.exists() for folder in version_dirs(daemon.settings, run))
+    assert not any(folder.exists() for folder in version_dirs(daemon.options.job.versions_dir, run))
 
 
 def test_train_with_a_bad_base_model_path_fails_and_leaves_nothing_running(tmp_path, monkeypatch):

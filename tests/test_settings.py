@@ -49,7 +49,7 @@ def test_token_is_never_echoed(monkeypatch):
 
 @pytest.mark.parametrize("name, raw, value", [
     ("temperature", "0.2", 0.2), ("auto_approve_moderators", "no", False), ("schedule", "daily:03:30", "daily:03:30"),
-    ("moderator_role_ids", "<@&12> 34", [12, 34]), ("review_channel_id", "<#99>", 99), ("review_channel_id", "off", None),
+    ("moderator_role_ids", "12, 34", [12, 34]), ("review_channel_id", "99", 99), ("review_channel_id", "off", None),
 ])
 def test_guild_setting_parsing(name, raw, value):
     assert parse_setting(name, raw) == value

@@ -166,21 +166,6 @@ def test_bad_config_names_each_problem():
     assert "lora_r=0" in str(err.value) and "learning_rate=-1" in str(err.value) and "qlora='maybe'" in str(err.value)
 
 
-def test_cpu_plan_is_fp32_eager_for_gemma_and_refuses_qlora():
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("CPU-only expectations")
-    plan = TrainConfig().plan("gemma3_text")
-    assert (plan.device, plan.bf16, plan.qlora, plan.optim, plan.attn_implementation) == (
-        "cpu", False, False, "adamw_torch", "eager")
-    assert TrainConfig().plan("llama").attn_implementation == "sdpa"
-    with pytest.raises(RuntimeError, match="QLoRA.*needs a CUDA GPU"):
-        TrainConfig(qlora="on").plan("llama")
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
-        TrainConfig(device="cuda").plan("llama")
-
-
 # --- the real Gemma tokenizer ----------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from guildtune.runtime import daemon_options
 from guildtune.settings import load_settings
 from serving.local_server import LocalServer
 from serving.protocol import GenerationOptions
@@ -46,7 +47,7 @@ async def queued_and_claimed(db):
 
 async def test_run_trains_publishes_and_swaps(loop_env):
     settings, db, server = loop_env
-    daemon = TrainerDaemon(db, settings, server)
+    daemon = TrainerDaemon(db, daemon_options(settings), server)
     outcome = await daemon.process(await queued_and_claimed(db))
     run = outcome.run
     assert outcome.published, (run.error, run.gate_reason)
@@ -75,7 +76,7 @@ async def test_run_trains_publishes_and_swaps(loop_env):
 
 async def test_gate_fails_on_purpose_and_active_version_stays(loop_env):
     settings, db, server = loop_env
-    daemon = TrainerDaemon(db, settings, server)
+    daemon = TrainerDaemon(db, daemon_options(settings), server)
     first = await daemon.process(await queued_and_claimed(db))
     assert first.published
     await db.settings.set(GUILD, golden_questions=[
@@ -94,7 +95,7 @@ async def test_a_version_that_drifts_is_gated_and_says_why(loop_env, monkeypatch
     monkeypatch.setenv("GUILDTUNE_GATE_MAX_DRIFT", "0")
     # nothing of the base's own answers replayed: the version drifts from what the base says
     monkeypatch.setenv("GUILDTUNE_TRAIN_CONFIG", '{"general_share": 0}')
-    daemon = TrainerDaemon(db, load_settings(), server)
+    daemon = TrainerDaemon(db, daemon_options(load_settings()), server)
     outcome = await daemon.process(await queued_and_claimed(db))
     assert not outcome.published and outcome.run.status == "gated"
     assert "from the base model on general prompts (limit 0%)" in outcome.run.gate_reason
@@ -108,7 +109,7 @@ async def test_kill_9_mid_run_leaves_consistent_state(loop_env, monkeypatch):
     await db.examples.add_many(GUILD, [[{"role": "user", "content": f"filler question {i}"},
                                         {"role": "assistant", "content": f"filler answer {i}"}] for i in range(800)],
                                source="import", author_id=None, status="approved")  # a run of many steps
-    daemon = TrainerDaemon(db, settings, server)
+    daemon = TrainerDaemon(db, daemon_options(settings), server)
     run = await queued_and_claimed(db)
     task = asyncio.create_task(daemon.process(run))
     for _ in range(2400):
@@ -129,5 +130,5 @@ async def test_kill_9_mid_run_leaves_consistent_state(loop_env, monkeypatch):
     assert not guild_dir.exists() or list(guild_dir.iterdir()) == []
     # the next run works
     monkeypatch.setenv("GUILDTUNE_TRAIN_MAX_STEPS", "4")
-    daemon = TrainerDaemon(db, load_settings(), server)
+    daemon = TrainerDaemon(db, daemon_options(load_settings()), server)
     assert (await daemon.process(await queued_and_claimed(db))).published

@@ -246,7 +246,7 @@ async def test_ask_in_discord_is_answered_by_the_guilds_vllm_adapter(tmp_path, t
 
 
 async def test_settings_pick_vllm_with_its_key_and_folder_and_keep_the_key_out_of_child_processes(tmp_path, tiny_adapter):
-    from guildtune.runtime import make_server
+    from guildtune.runtime import daemon_options, make_server
     from guildtune.settings import load_settings
 
     standin = VllmStandIn(BASE, api_key="sk-vllm-secret")
@@ -262,6 +262,6 @@ async def test_settings_pick_vllm_with_its_key_and_folder_and_keep_the_key_out_o
     finally:
         await server.close()
         await standin.stop()
-    env = settings.child_env()
-    assert env["GUILDTUNE_SERVER"] == "vllm" and "VLLM_API_KEY" not in env and "DISCORD_TOKEN" not in env
+    env = daemon_options(settings).job.to_env()  # what a training job process is handed
+    assert "sk-vllm-secret" not in repr(env) and "VLLM_API_KEY" not in env and "DISCORD_TOKEN" not in env
     assert "sk-vllm-secret" not in repr(settings)

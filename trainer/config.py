@@ -1,8 +1,9 @@
 """`TrainConfig`: every knob of a LoRA SFT run, documented on the field (TRL's `…Config` style).
 
-Decisions that depend on the machine (bf16 or fp32, QLoRA or not, the optimizer, gradient
-checkpointing) are made in one place, `TrainConfig.plan(...)`, so a run's log and its tests can
-show exactly what was chosen and why. The number of optimizer steps scales with the dataset:
+Plain data: `__post_init__` only validates, nothing here probes the machine. Decisions that depend
+on the machine (bf16 or fp32, QLoRA or not, the optimizer, gradient checkpointing, packing) are made
+in one place, `trainer.plan.plan(cfg, model_config, machine)`, so a run's log and its tests can show
+exactly what was chosen and why. The number of optimizer steps scales with the dataset:
 `total_steps(n_train)` aims at `target_steps`, bounded by `min_epochs` and `max_epochs`.
 
 No torch import at module level: the bot and the CLI can read and print a config cheaply.
@@ -77,8 +78,8 @@ class TrainConfig:
                 "overflows in fp16)."})
     qlora: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "4-bit base weights (bitsandbytes nf4, double quant, bf16 compute) + paged 8-bit AdamW. "
-                "'auto': on only with CUDA + bitsandbytes when the bf16 LoRA estimate does not fit the "
-                "GPU memory (or memory_cap_gib); 'on' requires CUDA and bitsandbytes."})
+                "'auto': on only with CUDA + bitsandbytes when the bf16 LoRA estimate, even with checkpointing, "
+                "does not fit the GPU memory (or memory_cap_gib); 'on' requires CUDA and bitsandbytes."})
     memory_cap_gib: float | None = field(default=None, metadata={
         "help": "Train as if the GPU had only this much memory (small cards / sharing a card)."})
     gradient_checkpointing: Literal["auto", "on", "off"] = field(default="auto", metadata={
@@ -92,13 +93,13 @@ class TrainConfig:
     packing: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "Pack several conversations into fixed rows (TRL 'bfd', padding-free) with per-conversation "
                 "attention (trainer/packing.py). 'auto': on with CUDA + bf16, off on the CPU; see "
-                "trainer/speed.py. True/False are read as on/off."})
+                "trainer/plan.py. True/False are read as on/off."})
     liger: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "Liger's fused RMSNorm/SwiGLU/RoPE kernels (needs liger-kernel). 'auto' follows the "
-                "measurements in bench/RESULTS.md (trainer/speed.py says what it picks and why)."})
+                "measurements in bench/RESULTS.md (trainer/plan.py says what it picks and why)."})
     compile: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "torch.compile each decoder block (packed rows have one static shape, so it compiles once). "
-                "'auto' follows the measurements in bench/RESULTS.md (trainer/speed.py)."})
+                "'auto' follows the measurements in bench/RESULTS.md (trainer/plan.py)."})
     pad_to_multiple_of: int | None = field(default=None, metadata={
         "help": "Pad batches to a multiple of this many tokens (static shapes for compiled kernels)."})
 
@@ -246,95 +247,3 @@ class TrainConfig:
         if isinstance(data["target_modules"], tuple):
             data["target_modules"] = list(data["target_modules"])
         return data
-
-    # --- machine-dependent choices ---------------------------------------------------------------
-    def plan(self, model_type: str | None = None, *, estimate_gib: dict[str, float] | None = None) -> "Plan":
-        """Decide device, dtype, QLoRA, optimizer and checkpointing for this machine.
-
-        `estimate_gib` maps "lora", "lora_checkpointed" and "qlora" to estimated peak GiB (see
-        trainer/estimate.py); without it, 'auto' keeps QLoRA and checkpointing off.
-        """
-        import torch
-
-        cuda = torch.cuda.is_available()
-        if self.device == "cuda" and not cuda:
-            raise RuntimeError("GUILDTUNE_DEVICE=cuda but no CUDA GPU is visible to torch; set it to auto or cpu.")
-        device = "cuda" if (self.device == "cuda" or (self.device == "auto" and cuda)) else "cpu"
-        reasons: list[str] = []
-        if self.precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-            raise RuntimeError("precision=bf16 but this GPU does not support bf16; use precision=auto or fp32.")
-        if self.precision == "bf16" and device == "cpu":
-            bf16 = True
-        elif self.precision == "auto":
-            bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-        else:
-            bf16 = self.precision == "bf16"
-        reasons.append(f"{'bf16' if bf16 else 'fp32'} on {device}")
-
-        capacity = None
-        if device == "cuda":
-            capacity = torch.cuda.get_device_properties(0).total_memory / 2**30
-            if self.memory_cap_gib is not None:
-                capacity = min(capacity, self.memory_cap_gib)
-        qlora = False
-        if self.qlora == "on":
-            if device != "cuda":
-                raise RuntimeError("QLoRA (GUILDTUNE_QLORA=on) needs a CUDA GPU; set it to auto or off on a CPU.")
-            if not _bitsandbytes_available():
-                raise RuntimeError("QLoRA needs bitsandbytes: pip install 'guildtune[gpu]' (or bitsandbytes).")
-            qlora = True
-            reasons.append("QLoRA on (configured)")
-        elif self.qlora == "auto" and device == "cuda" and estimate_gib and capacity is not None:
-            if estimate_gib.get("lora_checkpointed", 0) > 0.9 * capacity and _bitsandbytes_available():
-                qlora = True
-                reasons.append(f"QLoRA on: bf16 LoRA needs ~{estimate_gib['lora_checkpointed']:.1f} GiB "
-                               f"> 90% of {capacity:.1f} GiB")
-        if qlora and not bf16 and device == "cuda":
-            bf16 = torch.cuda.is_bf16_supported()
-
-        if self.gradient_checkpointing == "on":
-            checkpointing = True
-        elif self.gradient_checkpointing == "off":
-            checkpointing = False
-        else:
-            key = "qlora" if qlora else "lora"
-            checkpointing = bool(estimate_gib and capacity is not None
-                                 and estimate_gib.get(key, 0) > 0.9 * capacity)
-            if checkpointing:
-                reasons.append(f"gradient checkpointing on: ~{estimate_gib[key]:.1f} GiB without it "
-                               f"> 90% of {capacity:.1f} GiB")
-
-        if self.optim != "auto":
-            optim = self.optim
-        elif qlora:
-            optim = "paged_adamw_8bit"
-        elif device == "cuda":
-            optim = "adamw_torch_fused"
-        else:
-            optim = "adamw_torch"
-        attn = self.attn_implementation or ("eager" if (model_type or "").startswith("gemma") else "sdpa")
-        return Plan(device=device, bf16=bf16, qlora=qlora, gradient_checkpointing=checkpointing, optim=optim,
-                    attn_implementation=attn, reasons=reasons)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What `TrainConfig.plan` chose for this machine, with the reasons in words for the run's log."""
-
-    device: str
-    bf16: bool
-    qlora: bool
-    gradient_checkpointing: bool
-    optim: str
-    attn_implementation: str
-    reasons: list[str]
-
-    @property
-    def torch_dtype_name(self) -> str:
-        return "bfloat16" if self.bf16 else "float32"
-
-
-def _bitsandbytes_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("bitsandbytes") is not None

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from guildtune.settings import Settings
 from serving.protocol import ModelServer, ModelServerError
 from storage.db import Database
 from storage.ownership import Owner
 from storage.records import TrainingRun
 from storage.schedule import parse_schedule
-from trainer.job import version_dirs
-from trainer.launch import LaunchError, job_command
+from trainer.job import JobOptions, version_dirs
+from trainer.launch import LaunchError, LaunchOptions, job_command
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,19 @@ BACKOFF_MAX_S = 3600.0
 CANCEL_GRACE_S = 20.0
 #: A run's folders under versions_dir/<guild>/: `.run-N.tmp` while training, `run-N` once complete.
 RUN_FOLDER = re.compile(r"^\.?run-(\d+)(?:\.tmp)?$")
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """What the daemon reads of the settings (guildtune/runtime.py builds it)."""
+
+    #: GUILDTUNE_KEEP_VERSIONS: good versions kept for rollback
+    keep_versions: int
+    #: GUILDTUNE_TRAINER_POLL: seconds between looks at the queue and the schedules
+    poll_s: float
+    launch: LaunchOptions
+    #: handed to each job process (it holds where versions live: `job.versions_dir`)
+    job: JobOptions
 
 
 @dataclass
@@ -46,10 +58,10 @@ class RunOutcome:
 
 
 class TrainerDaemon:
-    def __init__(self, db: Database, settings: Settings, server: ModelServer,
+    def __init__(self, db: Database, options: DaemonOptions, server: ModelServer,
                  on_swap: Callable[[], object] | None = None):
         self.db = db
-        self.settings = settings
+        self.options = options
         self.server = server
         self.on_swap = on_swap  # e.g. the bot's tracker.refresh when both run in one process
         self._child: asyncio.subprocess.Process | None = None
@@ -61,7 +73,7 @@ class TrainerDaemon:
         """At start: fail the runs whose owner died, then delete half-written artifacts (temporary
         folders, folders no servable version points at) except those of runs still in progress."""
         await self.reap_dead_runs()
-        root = self.settings.versions_dir
+        root = self.options.job.versions_dir
         if not root.is_dir():
             return
         in_progress = {run.id for run in await self.db.runs.running()}
@@ -114,7 +126,7 @@ class TrainerDaemon:
             except ModelServerError as exc:
                 log.warning("could not remove v%s of failed run %s from the model server: %s",
                             version.number, run.id, exc)
-        for folder in version_dirs(self.settings, run):
+        for folder in version_dirs(self.options.job.versions_dir, run):
             shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ scheduling
@@ -149,9 +161,9 @@ class TrainerDaemon:
     async def run_job_process(self, run: TrainingRun) -> int:
         """Run the child and wait; cancel it through the database flag, kill it if it ignores that."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GUILDTUNE_") and k != "DISCORD_TOKEN"}
-        env.update(self.settings.child_env())
+        env.update(self.options.job.to_env())
         try:  # one process, or accelerate's launcher of one per GPU (trainer/launch.py)
-            argv, launch_env = job_command(run.id, self.settings)
+            argv, launch_env = job_command(run.id, self.options.launch)
         except LaunchError as exc:
             await self.db.runs.finish(run.guild_id, run.id, "failed", error=str(exc))
             return 1
@@ -237,7 +249,7 @@ class TrainerDaemon:
     async def prune(self, guild_id: int) -> None:
         """Keep the newest `keep_versions` good versions (those that have served) for rollback;
         remove older ones. Versions of failed runs are never kept, so they never count."""
-        for old in (await self.db.versions.kept(guild_id))[self.settings.keep_versions:]:
+        for old in (await self.db.versions.kept(guild_id))[self.options.keep_versions:]:
             if old.status == "active":
                 continue
             try:
@@ -257,7 +269,7 @@ class TrainerDaemon:
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         await self.recover()
-        log.info("trainer daemon started (poll every %ss)", self.settings.trainer_poll_s)
+        log.info("trainer daemon started (poll every %ss)", self.options.poll_s)
         while not stop.is_set():
             try:
                 outcome = await self.tick()
@@ -268,7 +280,7 @@ class TrainerDaemon:
                 outcome = None
             if outcome is None:
                 try:
-                    await asyncio.wait_for(stop.wait(), self.settings.trainer_poll_s)
+                    await asyncio.wait_for(stop.wait(), self.options.poll_s)
                 except asyncio.TimeoutError:
                     pass
 

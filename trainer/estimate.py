@@ -10,13 +10,22 @@ parameters; see ../shared/notes/training.md):
         weights 0.516·N_lin + 2·(N − N_lin) + 4N_lora, gradients 4N_lora, optimizer 2N_lora
   (bitsandbytes leaves embeddings and norms unquantized, which matters for small models: the Gemma
   3 270M is two-thirds embedding, so the notes' flat 0.52·N would be far too low.)
-- activations, per layer and token, in the training dtype: inputs saved for the backward pass,
-  6h + 2·q + 2·kv + 3·I values (norm inputs, attention q/k/v and output, MLP gate/up/act), plus
-  a·s attention probabilities with eager attention. With gradient checkpointing only each layer's
-  input (h values) is kept, plus one layer recomputed in full.
+- activations, per layer and token, in the training dtype: what one block keeps for its backward
+  (the norms' inputs and outputs 4h, q/k/v and the attention output 2·(q + 2·kv), the MLP's three wide
+  tensors and its output 4·I), x 1.28 for PEFT's dtype casts around the adapters (fitted to the H100
+  peak of the project's own run without checkpointing, bench/RESULTS.md), plus a·s attention
+  probabilities with eager attention. With gradient checkpointing each checkpointed layer keeps only
+  its input (h values), plus one layer recomputed in full; `layers_without_checkpointing` of them keep
+  everything (partial checkpointing).
 - logits: b·s·V·12 when the full logits are materialised — the bf16 logits (2), their fp32 copy
   for the cross-entropy (4), and both gradients (4 + 2); measured on an H100 (bench/vram_estimate.py,
-  README) — or 0 when the loss is computed in chunks (TRL's default `nll` loss with a fused LM head).
+  README) — or 0 when the loss is computed in chunks (TRL's default `nll` loss with a fused LM head),
+  whose working set (one chunk's fp32 logits, the hidden states it reads) counts as activations.
+- FSDP: `per_gpu_bytes(estimate, shards)` splits weights, gradients and optimizer state over the
+  ranks; activations and the loss stay whole on every rank.
+
+This is the one memory model of the project: `guildtune estimate`, the training plan
+(trainer/plan.py) and the multi-GPU launch (trainer/launch.py) all read it.
 
 Not counted: the CUDA context (~0.3-0.5 GiB, outside torch's allocator), allocator fragmentation.
 """
@@ -31,6 +40,9 @@ METHODS = ("full", "lora", "qlora")
 GiB = 2**30
 LOGIT_BYTES_UNCHUNKED = 12  # bf16 logits + fp32 copy for the loss + their gradients
 NF4_BYTES_PER_PARAM = 0.516  # 4 bits + fp8 block scales with double quantization (64-value blocks)
+PEFT_CAST_FACTOR = 1.28  # activations kept beside PEFT's dtype casts around the adapters (fitted, see above)
+LOSS_CHUNK_TOKENS_MAX = 4096  # the chunked loss's fp32 logits: at most this many tokens ...
+LOSS_CHUNK_VOCAB = 4096  # ... times this many vocabulary entries at a time
 
 #: The shape of the embedded base model, for estimates before its cache exists (no need to dequantize it).
 EMBEDDED_GEMMA_CONFIG: dict[str, Any] = {
@@ -148,12 +160,27 @@ def estimate_memory(model: str | Path | Any, method: Method = "lora", *, seq_len
 
     `models_dir` lets `embedded:gemma-3-270m` read its cached folder's config when it exists.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    label = str(model) if not hasattr(model, "model_type") else f"config:{model.model_type}"
+    return estimate_for_shape(model_shape(load_config(model, models_dir)), method, label=label, seq_len=seq_len,
+                              batch_size=batch_size, lora_r=lora_r, gradient_checkpointing=gradient_checkpointing,
+                              eager_attention=eager_attention, chunked_loss=chunked_loss,
+                              activation_bytes=activation_bytes)
+
+
+def estimate_for_shape(shape: ModelShape, method: Method, *, label: str, seq_len: int, batch_size: int,
+                       lora_r: int, gradient_checkpointing: bool = False, layers_without_checkpointing: int = 0,
+                       eager_attention: bool = False, chunked_loss: bool = True,
+                       activation_bytes: int = 2) -> MemoryEstimate:
+    """`estimate_memory` for a shape already counted (the planner asks several questions of one model).
+
+    `layers_without_checkpointing`: with checkpointing on, how many layers keep their activations."""
     batch, checkpointing = batch_size, gradient_checkpointing
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if seq_len < 1 or batch < 1 or lora_r < 1:
         raise ValueError("seq_len, batch and lora_r must be >= 1")
-    shape = model_shape(load_config(model, models_dir))
     n, n_lin = shape.n_params, shape.n_linear
     n_lora = sum(lora_r * (i + o) for i, o in shape.lora_dims)
     notes: list[str] = []
@@ -170,19 +197,37 @@ def estimate_memory(model: str | Path | Any, method: Method = "lora", *, seq_len
         notes.append(f"{(n - n_lin) / n:.0%} of the parameters (embeddings, norms) stay in bf16 under nf4")
 
     tokens = seq_len * batch
-    per_token_layer = (6 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + 3 * shape.intermediate)
-    full_layer = tokens * per_token_layer * activation_bytes
+    full_layer = tokens * activation_bytes_per_token_layer(shape, activation_bytes)
     if eager_attention:
         full_layer += batch * shape.heads * seq_len * seq_len * activation_bytes
     if checkpointing:
-        activations = shape.layers * tokens * shape.hidden * activation_bytes + full_layer
+        kept = min(layers_without_checkpointing, shape.layers)
+        activations = (kept * full_layer + (shape.layers - kept) * tokens * shape.hidden * activation_bytes
+                       + full_layer)  # + the layer being recomputed
     else:
         activations = shape.layers * full_layer
-    logits = 0.0 if chunked_loss else float(tokens) * shape.vocab * LOGIT_BYTES_UNCHUNKED
     if chunked_loss:
+        activations += (4 * min(tokens, LOSS_CHUNK_TOKENS_MAX) * LOSS_CHUNK_VOCAB
+                        + 2 * tokens * shape.hidden * activation_bytes)
+        logits = 0.0
         notes.append("loss computed in chunks: full logits never materialised")
-    label = str(model) if not hasattr(model, "model_type") else f"config:{model.model_type}"
+    else:
+        logits = float(tokens) * shape.vocab * LOGIT_BYTES_UNCHUNKED
     return MemoryEstimate(model=label, method=method, seq_len=seq_len, batch=batch, checkpointing=checkpointing,
                           n_params=n, n_trainable=trainable, weights_bytes=weights, gradients_bytes=grads,
                           optimizer_bytes=optim, activations_bytes=float(activations), logits_bytes=logits,
                           notes=notes)
+
+
+def activation_bytes_per_token_layer(shape: ModelShape, activation_bytes: int = 2) -> int:
+    """Bytes one block keeps per token for its backward (see the module docstring: x 1.28 for PEFT's casts,
+    fitted to the H100 peak without checkpointing, 7.41 GiB measured vs 6.3 from the shapes alone)."""
+    return int(PEFT_CAST_FACTOR * activation_bytes
+               * (4 * shape.hidden + 2 * (shape.q_dim + 2 * shape.kv_dim) + 4 * shape.intermediate))
+
+
+def per_gpu_bytes(est: MemoryEstimate, shards: int) -> float:
+    """Peak bytes on each GPU when weights, gradients and optimizer state are split over `shards` ranks
+    (FSDP); activations and the loss's logits stay whole on every rank (each trains its own rows)."""
+    state = est.weights_bytes + est.gradients_bytes + est.optimizer_bytes
+    return state / shards + est.activations_bytes + est.logits_bytes

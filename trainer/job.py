@@ -18,23 +18,24 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
-from guildtune.settings import Settings, load_settings
 from serving.prompting import guild_messages
 from storage.db import Database
-from storage.records import ModelVersion, TrainingRun
+from storage.records import Example, ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
 from trainer.dataset import TrainingSet, build_training_set, general_instructions, general_questions
 from trainer.gate import Evidence, GoldenCheck, decide
+from trainer.drift import prepare_base_answers
 from trainer.kto import (PreferenceSplit, StagedProgress, preference_rows, split_preferences,
                          with_preference_stage)
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
-from trainer.sft import run_sft
+from trainer.sft import EvaluateFn, ProgressFn, SFTResult, run_sft, timed
 from trainer.distributed import lead_or_follow
-from trainer.drift import prepare_base_answers
+from trainer.launch import rank_overrides
 
 log = logging.getLogger("trainer.job")
 
@@ -44,12 +45,46 @@ PROGRESS_EVERY_S = 2.0
 GOLDEN_ANSWER_TOKENS = 64
 
 
+#: The job process's options travel from the daemon to it (every rank of it) as JSON in this variable.
+OPTIONS_ENV = "GUILDTUNE_JOB_OPTIONS"
+
+
 class JobFailed(Exception):
     """Ends the run as failed with this message (shown to moderators by /model status)."""
 
 
-def version_dirs(settings: Settings, run: TrainingRun) -> tuple[Path, Path]:
-    guild_dir = settings.versions_dir / str(run.guild_id)
+@dataclass(frozen=True)
+class JobOptions:
+    """What a training job reads of the settings (guildtune/runtime.py builds it; no secret is in it)."""
+
+    #: The database: a SQLite path or a postgresql:// URL (what `Database.open` takes)
+    db: str
+    versions_dir: Path
+    models_dir: Path
+    base_model: str
+    device: str
+    #: TrainConfig fields over its defaults: the settings' own, then GUILDTUNE_TRAIN_CONFIG
+    train: dict[str, Any]
+    gate_tolerance: float
+    gate_max_drift: float
+    gate_sample: int
+
+    def to_env(self) -> dict[str, str]:
+        data = {**asdict(self), "versions_dir": str(self.versions_dir), "models_dir": str(self.models_dir)}
+        return {OPTIONS_ENV: json.dumps(data)}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "JobOptions":
+        """The options the daemon handed this process, with what the launch told every rank (trainer/launch.py)."""
+        data = json.loads(environ[OPTIONS_ENV])
+        data.update(versions_dir=Path(data["versions_dir"]), models_dir=Path(data["models_dir"]),
+                    train={**data["train"], **rank_overrides(environ)})
+        return cls(**data)
+
+
+def version_dirs(versions_dir: Path, run: TrainingRun) -> tuple[Path, Path]:
+    """A run's folders: `.run-N.tmp` while training, `run-N` once complete."""
+    guild_dir = versions_dir / str(run.guild_id)
     return guild_dir / f".run-{run.id}.tmp", guild_dir / f"run-{run.id}"
 
 
@@ -69,22 +104,18 @@ class Evaluation:
     preference: object = None
 
 
-def train_config(settings: Settings, n_examples: int) -> TrainConfig:
-    """The run's config for `n_examples` approved examples: defaults, the settings, GUILDTUNE_TRAIN_CONFIG last."""
-    chosen = dict(max_steps=settings.train_max_steps, device=settings.device, qlora=settings.qlora,
-                  memory_cap_gib=settings.memory_cap_gib, compile=settings.train_compile,
-                  report_to=settings.report_to)
-    return TrainConfig.for_dataset(n_examples, **{**chosen, **settings.train_config})
+def train_config(options: JobOptions, n_examples: int) -> TrainConfig:
+    """The run's config for `n_examples` approved examples: defaults, then the options' fields."""
+    return TrainConfig.for_dataset(n_examples, **options.train)
 
 
-def general_rows(cfg: TrainConfig, base_dir: Path, settings: Settings) -> list:
+def general_rows(cfg: TrainConfig, base_dir: Path, models_dir: Path) -> list:
     """The general mix's conversations: the shipped questions with the base's own answers or the written ones."""
     if cfg.general_share <= 0:
         return []
     if cfg.general_answers == "written":
         return general_instructions()
-    return general_instructions(prepare_base_answers(base_dir, cfg, settings.models_dir / "drift",
-                                                     general_questions()))
+    return general_instructions(prepare_base_answers(base_dir, cfg, models_dir / "drift", general_questions()))
 
 
 def training_rows(examples, gs, cfg: TrainConfig, general: list) -> TrainingSet:
@@ -135,17 +166,17 @@ def previous_evidence(model, tokenizer, probes, active: ModelVersion | None) -> 
 
 
 def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSet, gs, active: ModelVersion | None,
-                       settings: Settings, cfg: TrainConfig) -> Evaluation:
+                       options: JobOptions, cfg: TrainConfig) -> Evaluation:
     """Recall and paraphrase probes, drift, golden questions, and the previous version's knowledge."""
     from trainer.drift import reference, relative_drift
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    probes = build_probes([turns for _, turns in training.examples], settings.gate_sample)
+    probes = build_probes([turns for _, turns in training.examples], options.gate_sample)
     candidate = recall_scores(model, tokenizer, probes)
     timings["recall_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref = reference(model, tokenizer, base_dir, gs.system_prompt, settings.models_dir / "drift", cfg.max_length,
+    ref = reference(model, tokenizer, base_dir, gs.system_prompt, options.models_dir / "drift", cfg.max_length,
                     cfg.eval_batch_size)
     drift, nll = relative_drift(model, tokenizer, ref, cfg.max_length, cfg.eval_batch_size)
     timings["drift_s"] = time.perf_counter() - t0
@@ -162,12 +193,12 @@ def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSe
     return Evaluation(candidate, drift, nll, ref.base_nll, previous, golden, timings)
 
 
-def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | None, settings: Settings):
+def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | None, options: JobOptions):
     """The gate's decision on the evaluation, and the metrics a run and its version keep."""
     questions = {example_key(turns): turns[-2]["content"] for _, turns in training.examples}
     candidate = evidence_of(evaluation.candidate, evaluation.drift)
     gate = decide(candidate, evaluation.previous, previous_name=f"v{active.number}" if active else "the base model",
-                  recall_tolerance=settings.gate_tolerance, max_drift=settings.gate_max_drift,
+                  recall_tolerance=options.gate_tolerance, max_drift=options.gate_max_drift,
                   golden=evaluation.golden, questions=questions,
                   preference=evaluation.preference.check if evaluation.preference is not None else None)
     metrics = {**evaluation.candidate.to_metrics(), "drift": evaluation.drift, "drift_nll": evaluation.drift_nll,
@@ -185,69 +216,17 @@ def judge(evaluation: Evaluation, training: TrainingSet, active: ModelVersion | 
     return gate, metrics
 
 
-async def run_job(run_id: int, settings: Settings) -> int:
-    db = await Database.open(settings.db_path)
+async def run_job(run_id: int, options: JobOptions) -> int:
+    """Run `run_id` (claimed by the daemon) to its end; the job process's exit code."""
+    db = await Database.open(options.db)
     run = await db.runs.by_id(run_id)
     if run is None or run.status != "running":
         log.error("run %s is not a running run (claim it first)", run_id)
         await db.close()
         return 2
-    tmp_dir, final_dir = version_dirs(settings, run)
-    loop = asyncio.get_running_loop()
-    cancel = {"flag": False}
-    timings: dict[str, float] = {}
+    tmp_dir, final_dir = version_dirs(options.versions_dir, run)
     try:
-        gs = await db.settings.get(run.guild_id)
-        examples = await db.examples.approved(run.guild_id)
-        if len(examples) < MIN_APPROVED:
-            raise JobFailed(f"training needs at least {MIN_APPROVED} approved examples; this server has "
-                            f"{len(examples)}. Approve more with /review or import some.")
-        t0 = time.perf_counter()
-        base_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.models_dir)
-        timings["load_base_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        cfg = train_config(settings, len(examples))
-        general = await asyncio.to_thread(general_rows, cfg, base_dir, settings)
-        training = training_rows(examples, gs, cfg, general)
-        preferences = preference_split(await db.examples.preferences(run.guild_id), gs, cfg)
-        cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
-        timings["dataset_s"] = time.perf_counter() - t0
-        await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
-        active = await db.versions.active(run.guild_id)
-        on_progress = progress_writer(db, run, loop, cancel)
-
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(parents=True)
-        t0 = time.perf_counter()
-        evaluate = functools.partial(evaluate_candidate, base_dir=base_dir, training=training, gs=gs, active=active,
-                                     settings=settings, cfg=cfg)
-        # after SFT, before the gate: KTO on the approved voted answers when there are enough of them
-        progress = StagedProgress(on_progress)  # one progress bar: SFT's steps, then the stage's
-        evaluate = with_preference_stage(evaluate, preferences, cfg, tmp_dir, progress=progress,
-                                         should_cancel=lambda: cancel["flag"])
-        result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=progress.sft,
-                                         should_cancel=lambda: cancel["flag"], evaluate=evaluate)
-        timings["train_s"] = time.perf_counter() - t0
-        log.info("trained %d steps: %s", result.steps,
-                 ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items()))
-        if cancel["flag"] or await db.runs.cancel_requested(run.guild_id, run.id):
-            await db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled by a moderator or shutdown")
-            return 0
-        await db.runs.update(run.guild_id, run.id, loss_history=on_progress.history)
-
-        gate, metrics = judge(result.evaluation, training, active, settings)
-        metrics.update({"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
-                        "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
-                        "n_general": training.n_general, "note": training.note,
-                        "timings": {**timings, **result.evaluation.timings}, "train_phases": result.phases,
-                        "plan": result.plan})
-        await db.runs.update(run.guild_id, run.id, metrics=metrics)
-        if not gate.passed:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            await db.runs.finish(run.guild_id, run.id, "gated", gate_reason=gate.reason, metrics=metrics)
-            return 0
-        await commit_version(db, run, tmp_dir, final_dir, base_dir, metrics, len(examples))
+        await train_and_judge(db, run, options, tmp_dir, final_dir)
         return 0
     except JobFailed as exc:
         await db.runs.finish(run.guild_id, run.id, "failed", error=str(exc))
@@ -260,6 +239,77 @@ async def run_job(run_id: int, settings: Settings) -> int:
         if tmp_dir.exists() and not final_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
         await db.close()
+
+
+async def train_and_judge(db: Database, run: TrainingRun, options: JobOptions, tmp_dir: Path, final_dir: Path) -> None:
+    """The run, top to bottom: data, base model, training (the candidate judged in memory), gate, version."""
+    timings: dict[str, float] = {}
+    gs = await db.settings.get(run.guild_id)
+    examples = await approved_examples(db, run)
+    with timed(timings, "load_base_s"):
+        base_dir = await asyncio.to_thread(resolve_base_model, options.base_model, options.models_dir)
+    with timed(timings, "dataset_s"):
+        cfg = train_config(options, len(examples))
+        general = await asyncio.to_thread(general_rows, cfg, base_dir, options.models_dir)
+        training = training_rows(examples, gs, cfg, general)
+        preferences = preference_split(await db.examples.preferences(run.guild_id), gs, cfg)
+        cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
+    await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
+    active = await db.versions.active(run.guild_id)
+
+    cancel = {"flag": False}
+    on_progress = progress_writer(db, run, asyncio.get_running_loop(), cancel)
+    evaluate = functools.partial(evaluate_candidate, base_dir=base_dir, training=training, gs=gs, active=active,
+                                 options=options, cfg=cfg)
+    with timed(timings, "train_s"):
+        result = await train_candidate(base_dir, training, preferences, cfg, tmp_dir, evaluate, on_progress,
+                                       should_cancel=lambda: cancel["flag"])
+    if cancel["flag"] or await db.runs.cancel_requested(run.guild_id, run.id):
+        await db.runs.finish(run.guild_id, run.id, "cancelled", error="cancelled by a moderator or shutdown")
+        return
+    await db.runs.update(run.guild_id, run.id, loss_history=on_progress.history)
+
+    gate, metrics = judge(result.evaluation, training, active, options)
+    metrics.update(run_metrics(result, training, timings))
+    await db.runs.update(run.guild_id, run.id, metrics=metrics)
+    if not gate.passed:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        await db.runs.finish(run.guild_id, run.id, "gated", gate_reason=gate.reason, metrics=metrics)
+        return
+    await commit_version(db, run, tmp_dir, final_dir, base_dir, metrics, len(examples))
+
+
+async def approved_examples(db: Database, run: TrainingRun) -> list[Example]:
+    """The guild's approved examples, or JobFailed when there are too few to train on."""
+    examples = await db.examples.approved(run.guild_id)
+    if len(examples) < MIN_APPROVED:
+        raise JobFailed(f"training needs at least {MIN_APPROVED} approved examples; this server has "
+                        f"{len(examples)}. Approve more with /review or import some.")
+    return examples
+
+
+async def train_candidate(base_dir: Path, training: TrainingSet, preferences: PreferenceSplit, cfg: TrainConfig,
+                          tmp_dir: Path, evaluate: EvaluateFn, on_progress: ProgressFn,
+                          should_cancel: Callable[[], bool]) -> SFTResult:
+    """SFT into a fresh `tmp_dir` (then KTO on the voted answers when there are enough), judged by `evaluate`."""
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    # after SFT, before the gate: KTO on the approved voted answers when there are enough of them
+    progress = StagedProgress(on_progress)  # one progress bar: SFT's steps, then the stage's
+    evaluate = with_preference_stage(evaluate, preferences, cfg, tmp_dir, progress=progress,
+                                     should_cancel=should_cancel)
+    result = await asyncio.to_thread(run_sft, base_dir, training.train, cfg, tmp_dir, on_progress=progress.sft,
+                                     should_cancel=should_cancel, evaluate=evaluate)
+    log.info("trained %d steps: %s", result.steps, ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items()))
+    return result
+
+
+def run_metrics(result: SFTResult, training: TrainingSet, timings: dict[str, float]) -> dict:
+    """What a run records beside the gate's evidence: the training's figures, its timings and its plan."""
+    return {"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
+            "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
+            "n_general": training.n_general, "note": training.note,
+            "timings": {**timings, **result.evaluation.timings}, "train_phases": result.phases, "plan": result.plan}
 
 
 def progress_writer(db: Database, run: TrainingRun, loop: asyncio.AbstractEventLoop, cancel: dict):
@@ -304,13 +354,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s job %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from trainer.quiet import quiet_libraries
+    from serving.quiet import quiet_libraries
 
+    if OPTIONS_ENV not in os.environ:
+        print(f"{OPTIONS_ENV} is not set: the trainer daemon starts this process with it (`guildtune trainer`, "
+              f"`guildtune train`); it is not run by hand.", file=sys.stderr)
+        return 2
     quiet_libraries()
-    settings = load_settings()
+    options = JobOptions.from_env(os.environ)
     # multi-GPU hook (trainer/distributed.py): one process runs the job; under `accelerate launch` rank 0
     # runs it and the other ranks only train what rank 0 hands them
-    return lead_or_follow(lambda: asyncio.run(run_job(int(args[0]), settings)), device=settings.device)
+    return lead_or_follow(lambda: asyncio.run(run_job(int(args[0]), options)), device=options.device)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from trainer.config import TrainConfig
 from trainer.dataset import usable_examples
 from trainer.gate import PreferenceCheck
 from trainer.recall import example_key
-from trainer.sft import ProgressFn, _progress_callback, encode_conversation, mean_token_nll
+from trainer.sft import ProgressFn, StepWatch, encode_conversation, mean_token_nll, progress_callback
 
 log = logging.getLogger("trainer.kto")
 
@@ -264,11 +264,10 @@ def train_kto(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], cfg: Tr
         eval_strategy="no", report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         disable_tqdm=True, remove_unused_columns=False,
         **{checkpointing_arg_names()[0]: False})  # KTOConfig's default is on; the stage is small
-    history: list[tuple[int, float]] = []
-    state: dict = {"cancelled": False, "t0": time.perf_counter()}
+    watch = StepWatch()
     trainer = _pretokenized_trainer_class()(
         model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
-        callbacks=[_progress_callback(steps, on_progress, should_cancel, history, state)])
+        callbacks=[progress_callback(steps, on_progress, should_cancel, watch)])
     trainer.remove_callback(PrinterCallback)
     ref_bytes = _adapter_bytes(model, "ref")
     output = trainer.train()
@@ -284,7 +283,7 @@ def train_kto(model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], cfg: Tr
                      desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
                      n_desirable=n_liked, n_undesirable=len(dataset) - n_liked, ref_adapter_bytes=ref_bytes,
                      adapter_bytes=_adapter_bytes(model, "default"), duration_s=time.perf_counter() - started,
-                     peak_cuda_bytes=peak, total_steps=steps, cancelled=state["cancelled"], loss_history=history)
+                     peak_cuda_bytes=peak, total_steps=steps, cancelled=watch.cancelled, loss_history=watch.history)
 
 
 @dataclass

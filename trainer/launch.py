@@ -21,23 +21,38 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+from trainer.estimate import per_gpu_bytes
 
 if TYPE_CHECKING:
-    from guildtune.settings import Settings
     from trainer.estimate import MemoryEstimate
 
 log = logging.getLogger("trainer.launch")
 
 GIB = 2**30
-#: Share of a GPU's memory an estimate may fill and still count as fitting (as TrainConfig.plan decides QLoRA).
-FIT_FRACTION = 0.9
+#: The variable through which a launch tells every rank's job whether its base is 4-bit (`LaunchPlan.env`).
+QLORA_ENV = "GUILDTUNE_QLORA"
 STRATEGIES = ("single", "ddp", "fsdp", "ddp_qlora")
 #: accelerate's FSDP2 options for a PEFT model: wrap each decoder layer (the model's `_no_split_modules`),
 #: gather a full state dict for the adapter save, load the base once on rank 0 and broadcast it.
 FSDP_ARGS = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
              "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true",
              "--fsdp_cpu_ram_efficient_loading", "true")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """The settings a launch reads (guildtune/runtime.py builds them from GUILDTUNE_*)."""
+
+    #: GUILDTUNE_TRAIN_GPUS: "auto" or a number of processes
+    train_gpus: str
+    device: str
+    base_model: str
+    models_dir: Path
+    qlora: str
+    memory_cap_gib: float | None
 
 
 class LaunchError(ValueError):
@@ -68,8 +83,14 @@ class LaunchPlan:
 
     def env(self) -> dict[str, str]:
         """Settings the ranks must share with this plan: QLoRA on for ddp_qlora, off under FSDP (the
-        sharded base fits; 4-bit weights could not be sharded anyway)."""
-        return {"ddp_qlora": {"GUILDTUNE_QLORA": "on"}, "fsdp": {"GUILDTUNE_QLORA": "off"}}.get(self.strategy, {})
+        sharded base fits; 4-bit weights could not be sharded anyway). The job reads them back with
+        `rank_overrides`."""
+        return {"ddp_qlora": {QLORA_ENV: "on"}, "fsdp": {QLORA_ENV: "off"}}.get(self.strategy, {})
+
+
+def rank_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """What `LaunchPlan.env` set for this rank, as TrainConfig fields over the job's own."""
+    return {"qlora": environ[QLORA_ENV]} if QLORA_ENV in environ else {}
 
 
 def process_count(train_gpus: str, device: str, visible_gpus: int) -> int:
@@ -88,16 +109,12 @@ def process_count(train_gpus: str, device: str, visible_gpus: int) -> int:
     return n
 
 
-def per_gpu_bytes(est: "MemoryEstimate", shards: int) -> float:
-    """Peak bytes on each GPU when weights, gradients and optimizer state are split over `shards` ranks
-    (FSDP); activations and the loss's logits stay whole on every rank (each trains its own rows)."""
-    state = est.weights_bytes + est.gradients_bytes + est.optimizer_bytes
-    return state / shards + est.activations_bytes + est.logits_bytes
-
-
 def choose_strategy(processes: int, lora: "MemoryEstimate", qlora: "MemoryEstimate", capacity_gib: float,
                     qlora_setting: str, bitsandbytes: bool) -> tuple[str, str]:
-    """(strategy, reason) for `processes` GPUs of `capacity_gib` each; `lora`/`qlora` are one GPU's estimates."""
+    """(strategy, reason) for `processes` GPUs of `capacity_gib` each; `lora`/`qlora` are one GPU's estimates,
+    fitting when within the training plan's FIT_FRACTION of a GPU (trainer/plan.py decides QLoRA by it too)."""
+    from trainer.plan import FIT_FRACTION
+
     usable = FIT_FRACTION * capacity_gib
     replicated, sharded = lora.total_bytes / GIB, per_gpu_bytes(lora, processes) / GIB
     if qlora_setting == "on":
@@ -116,17 +133,17 @@ def choose_strategy(processes: int, lora: "MemoryEstimate", qlora: "MemoryEstima
                     f"{usable:.1f} GiB usable: the run may run out of memory; add GPUs or use a smaller base")
 
 
-def plan_launch(settings: "Settings") -> LaunchPlan:
-    """The launch for this machine and these settings (GPU count, memory per GPU, the base's estimate)."""
+def plan_launch(options: LaunchOptions) -> LaunchPlan:
+    """The launch for this machine and these options (GPU count, memory per GPU, the base's estimate)."""
     import importlib.util
 
-    if settings.train_gpus == "1":
-        return LaunchPlan(1, "single", settings.device, ("GUILDTUNE_TRAIN_GPUS=1",))
+    if options.train_gpus == "1":
+        return LaunchPlan(1, "single", options.device, ("GUILDTUNE_TRAIN_GPUS=1",))
     import torch
 
-    cuda = settings.device != "cpu" and torch.cuda.is_available()
+    cuda = options.device != "cpu" and torch.cuda.is_available()
     visible = torch.cuda.device_count() if cuda else 0
-    n = process_count(settings.train_gpus, settings.device, visible)
+    n = process_count(options.train_gpus, options.device, visible)
     if n == 1:
         return LaunchPlan(1, "single", "cuda" if cuda else "cpu", ("one GPU" if cuda else "no CUDA GPU: one process",))
     if not cuda:
@@ -137,20 +154,20 @@ def plan_launch(settings: "Settings") -> LaunchPlan:
 
     cfg = TrainConfig().for_processes(n)
     kw = dict(seq_len=cfg.max_length, batch_size=cfg.per_device_batch_size, lora_r=cfg.lora_r,
-              gradient_checkpointing=True, models_dir=settings.models_dir)
-    lora = estimate_memory(settings.base_model, "lora", **kw)
-    qlora = estimate_memory(settings.base_model, "qlora", **kw)
+              gradient_checkpointing=True, models_dir=options.models_dir)
+    lora = estimate_memory(options.base_model, "lora", **kw)
+    qlora = estimate_memory(options.base_model, "qlora", **kw)
     capacity = min(torch.cuda.get_device_properties(i).total_memory for i in range(n)) / GIB
-    if settings.memory_cap_gib is not None:
-        capacity = min(capacity, settings.memory_cap_gib)
-    strategy, reason = choose_strategy(n, lora, qlora, capacity, settings.qlora,
+    if options.memory_cap_gib is not None:
+        capacity = min(capacity, options.memory_cap_gib)
+    strategy, reason = choose_strategy(n, lora, qlora, capacity, options.qlora,
                                        importlib.util.find_spec("bitsandbytes") is not None)
     return LaunchPlan(n, strategy, "cuda", (reason,))
 
 
-def job_command(run_id: int, settings: "Settings") -> tuple[list[str], dict[str, str]]:
+def job_command(run_id: int, options: LaunchOptions) -> tuple[list[str], dict[str, str]]:
     """argv and extra environment of run `run_id`'s job process (what the daemon starts)."""
-    plan = plan_launch(settings)
+    plan = plan_launch(options)
     if plan.processes > 1:
         log.info("run %s: %d training processes, %s (%s)", run_id, plan.processes, plan.strategy,
                  "; ".join(plan.reasons))

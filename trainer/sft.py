@@ -19,12 +19,13 @@ import math
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from trainer import distributed
-from trainer.config import Plan, TrainConfig
+from trainer.config import TrainConfig
+from trainer.plan import Machine, Plan, plan
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -130,31 +131,14 @@ def _model_type(model_dir: str | Path) -> str:
     return AutoConfig.from_pretrained(str(model_dir)).model_type
 
 
-def plan_for(base_dir: str | Path, cfg: TrainConfig) -> Plan:
-    """The machine-dependent choices for this base model, using the memory estimate on a GPU."""
-    import torch
+def plan_for(base_dir: str | Path, cfg: TrainConfig, *, lengths: list[int] | None = None,
+             total_steps: int | None = None) -> Plan:
+    """The machine-dependent choices (trainer/plan.py) for this base model on this machine."""
+    from transformers import AutoConfig
 
-    model_type = _model_type(base_dir)
-    estimates = None
-    if torch.cuda.is_available() and cfg.device != "cpu" and "auto" in (cfg.qlora, cfg.gradient_checkpointing):
-        from trainer.estimate import estimate_memory
-
-        from trainer.launch import per_gpu_bytes
-
-        gib = 2**30
-        kw = dict(seq_len=cfg.max_length, batch_size=cfg.per_device_batch_size, lora_r=cfg.lora_r,
-                  eager_attention=(cfg.attn_implementation or ("eager" if model_type.startswith("gemma")
-                                                               else "sdpa")) == "eager")
-        rank = distributed.current()  # multi-GPU hook: under FSDP each GPU holds 1/N of the weights
-        shards = rank.world_size if rank.fsdp else 1
-        estimates = {
-            "lora": per_gpu_bytes(estimate_memory(str(base_dir), "lora", gradient_checkpointing=False, **kw),
-                                  shards) / gib,
-            "lora_checkpointed": per_gpu_bytes(estimate_memory(str(base_dir), "lora", gradient_checkpointing=True,
-                                                               **kw), shards) / gib,
-            "qlora": estimate_memory(str(base_dir), "qlora", gradient_checkpointing=False, **kw).total_bytes / gib,
-        }
-    return cfg.plan(model_type, estimate_gib=estimates)
+    rank = distributed.current()  # multi-GPU hook: under FSDP each GPU holds 1/N of the weights
+    machine = Machine.detect(weight_shards=rank.world_size if rank.fsdp else 1)
+    return plan(cfg, AutoConfig.from_pretrained(str(base_dir)), machine, lengths=lengths, total_steps=total_steps)
 
 
 def load_model(base_dir: str | Path, plan: Plan):
@@ -162,6 +146,10 @@ def load_model(base_dir: str | Path, plan: Plan):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from trainer.packing import ATTN_IMPLEMENTATION, register_varlen_attention
+
+    if plan.attn_implementation == ATTN_IMPLEMENTATION:
+        register_varlen_attention()
     kwargs: dict = {"dtype": torch.bfloat16 if plan.bf16 else torch.float32,
                     "attn_implementation": plan.attn_implementation}
     if plan.qlora:
@@ -188,22 +176,42 @@ def lora_config(cfg: TrainConfig):
 
 # --- progress and cancellation --------------------------------------------------------------------
 
-def _progress_callback(total_steps: int, on_progress: ProgressFn | None, should_cancel: Callable[[], bool] | None,
-                       history: list[tuple[int, float]], state: dict):
+@dataclass
+class StepWatch:
+    """What the run's callback records: the loss history, whether a cancel stopped it, when steps ended."""
+
+    history: list[tuple[int, float]] = field(default_factory=list)
+    cancelled: bool = False
+    t0: float = field(default_factory=time.perf_counter)
+    step_ends: list[float] = field(default_factory=list)
+
+    def step_phases(self) -> dict[str, float]:
+        """Seconds to the first step's end, and the median step after it."""
+        if not self.step_ends:
+            return {}
+        phases = {"first_step_s": self.step_ends[0] - self.t0}
+        gaps = sorted(b - a for a, b in zip(self.step_ends, self.step_ends[1:]))
+        if gaps:
+            phases["median_step_s"] = gaps[len(gaps) // 2]
+        return phases
+
+
+def progress_callback(total_steps: int, on_progress: ProgressFn | None, should_cancel: Callable[[], bool] | None,
+                       watch: StepWatch):
     from transformers import TrainerCallback
 
     class ProgressAndCancel(TrainerCallback):
         """Reports (step, total, loss, ETA) at each logged loss and stops training when asked to."""
 
         def on_train_begin(self, args, st, control, **kwargs):
-            state["t0"] = time.perf_counter()
+            watch.t0 = time.perf_counter()
 
         def on_log(self, args, st, control, logs=None, **kwargs):
             if not logs or "loss" not in logs or st.global_step == 0:
                 return
             loss = float(logs["loss"])
-            history.append((st.global_step, loss))
-            elapsed = time.perf_counter() - state["t0"]
+            watch.history.append((st.global_step, loss))
+            elapsed = time.perf_counter() - watch.t0
             eta = elapsed / st.global_step * max(0, total_steps - st.global_step)
             if on_progress is not None:
                 on_progress(st.global_step, total_steps, loss, eta)
@@ -211,12 +219,22 @@ def _progress_callback(total_steps: int, on_progress: ProgressFn | None, should_
 
         def on_step_end(self, args, st, control, **kwargs):
             if kwargs:  # a real step end (not the call from on_log): keep its time for the phase report
-                state.setdefault("step_ends", []).append(time.perf_counter())
+                watch.step_ends.append(time.perf_counter())
             if should_cancel is not None and should_cancel():
-                state["cancelled"] = True
+                watch.cancelled = True
                 control.should_training_stop = True
 
     return ProgressAndCancel()
+
+
+@contextmanager
+def timed(phases: dict[str, float], name: str):
+    """Add the block's wall-clock seconds to `phases[name]`."""
+    mark = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = time.perf_counter() - mark
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -229,8 +247,6 @@ class PreparedRun:
     tokenizer: object
     plan: Plan
     total_steps: int
-    #: The speed choices (packing, checkpointing, kernels) of trainer/speed.py, as a dict.
-    speed: dict = field(default_factory=dict)
 
 
 def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, work_dir: str | Path,
@@ -240,26 +256,19 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
     `train_ds` has a `messages` column (loss on assistant tokens), or is pre-tokenized (`input_ids`,
     optional `labels`/`assistant_masks`; benchmarks feed the anchors' exact token rows this way).
     """
-    from dataclasses import replace
-
-    from transformers import AutoConfig, PrinterCallback, set_seed
+    from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.speed import choose_speed, install, sample_lengths, sft_overrides, wants_lengths
+    from trainer.speed import install, sample_lengths, sft_overrides
 
     rank = distributed.current()
     cfg = cfg.for_processes(rank.world_size)  # multi-GPU hook: per-GPU share of the global batch
-    plan = plan_for(base_model_dir, cfg)
     total_steps = cfg.total_steps(len(train_ds))
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(base_model_dir)
     if "input_ids" not in train_ds.column_names:
         train_ds = tokenize_conversations(train_ds, tokenizer, cfg.max_length)
-    lengths = sample_lengths(train_ds, tokenizer) if wants_lengths(cfg, plan) else None
-    speed = choose_speed(cfg, plan, AutoConfig.from_pretrained(str(base_model_dir)), lengths,
-                         total_steps=total_steps, weight_shards=rank.world_size if rank.fsdp else 1)
-    plan = replace(plan, attn_implementation=speed.attn_implementation, optim=speed.optim,
-                   gradient_checkpointing=speed.gradient_checkpointing, reasons=plan.reasons + speed.reasons)
+    plan = plan_for(base_model_dir, cfg, lengths=sample_lengths(train_ds, tokenizer), total_steps=total_steps)
     log.info("training plan: %s", "; ".join(plan.reasons) or "defaults")
     model = load_model(base_model_dir, plan)
     pretokenized = "input_ids" in train_ds.column_names
@@ -293,14 +302,13 @@ def prepare_trainer(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainC
         disable_tqdm=True,
     )
     # checkpointing (under the argument name this transformers knows), packing, optimizer, kernels
-    args.update(sft_overrides(speed))
+    args.update(sft_overrides(plan))
     args.update(rank.trainer_args())  # multi-GPU hook (DDP options)
     trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=train_ds.select_columns(columns),
                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # progress goes through our callback and the log, not stdout
-    install(trainer, speed, tokenizer.pad_token_id)
-    return PreparedRun(trainer=trainer, tokenizer=tokenizer, plan=plan, total_steps=total_steps,
-                       speed=speed.to_dict())
+    install(trainer, plan, tokenizer.pad_token_id)
+    return PreparedRun(trainer=trainer, tokenizer=tokenizer, plan=plan, total_steps=total_steps)
 
 
 def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, output_dir: str | Path, *,
@@ -322,72 +330,76 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
         raise ValueError("the training split is empty")
     if should_cancel is not None and should_cancel():
         return SFTResult(None, [], 0, cfg.total_steps(n_train), n_train, cancelled=True)
-    # multi-GPU hook (trainer/distributed.py): rank 0 hands the run to the other ranks, every rank trains its
-    # share of the global batch, and all stop at the same step when rank 0 is told to cancel
     rank = distributed.current()
-    if rank.enabled:
-        if rank.is_main:
-            distributed.share_work(base_model_dir, train_ds, cfg)
-        else:
-            on_progress = None
-        should_cancel = distributed.agreed(should_cancel)
+    on_progress, should_cancel = _join_ranks(rank, base_model_dir, train_ds, cfg, on_progress, should_cancel)
     cfg = cfg.for_processes(rank.world_size)
     total_steps = cfg.total_steps(n_train)
 
-    history: list[tuple[int, float]] = []
-    state: dict = {"cancelled": False, "t0": time.perf_counter()}
+    watch = StepWatch()
     scratch = output_dir / "trainer_state"  # the Trainer's own output (logs if report_to is set)
     phases: dict[str, float] = {}
-    mark = time.perf_counter()
-    prepared = prepare_trainer(base_model_dir, train_ds, cfg, scratch, callbacks=[
-        _progress_callback(total_steps, on_progress, should_cancel, history, state)])
-    trainer, tokenizer, plan = prepared.trainer, prepared.tokenizer, prepared.plan
-    phases["prepare_s"] = time.perf_counter() - mark  # load model + tokenizer, tokenize/pack the data
-    mark = time.perf_counter()
-    output = trainer.train()
-    phases["train_loop_s"] = time.perf_counter() - mark
-    ends = state.get("step_ends", [])
-    if ends:
-        phases["first_step_s"] = ends[0] - state["t0"]
-        gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
-        if gaps:
-            phases["median_step_s"] = gaps[len(gaps) // 2]
-    steps = trainer.state.global_step
-    train_loss = float(output.training_loss) if steps else None
-    result = SFTResult(train_loss=train_loss, loss_history=history, steps=steps, total_steps=total_steps,
-                       n_train=n_train, cancelled=state["cancelled"], plan={**asdict(plan), "speed": prepared.speed})
-    if state["cancelled"]:
+    with timed(phases, "prepare_s"):  # load model + tokenizer, tokenize/pack the data
+        prepared = prepare_trainer(base_model_dir, train_ds, cfg, scratch,
+                                   callbacks=[progress_callback(total_steps, on_progress, should_cancel, watch)])
+    with timed(phases, "train_loop_s"):
+        output = prepared.trainer.train()
+    phases.update(watch.step_phases())
+    result = _result(prepared, output, watch, total_steps, n_train)
+    if not result.cancelled:
+        with timed(phases, "save_s"):
+            _save(prepared, cfg, output_dir, scratch, rank, result)
+    if result.cancelled or not rank.is_main:  # multi-GPU hook: the other ranks only train (no files, no evaluation)
         shutil.rmtree(scratch, ignore_errors=True)
         result.duration_s = time.perf_counter() - started
         return result
-
-    mark = time.perf_counter()
-    if rank.fsdp:  # multi-GPU hook: gathering the shards is a collective; every rank joins, rank 0 writes
-        trainer.save_model(str(output_dir))
-    if not rank.is_main:  # multi-GPU hook: the other ranks only train (no files, no evaluation)
-        shutil.rmtree(scratch, ignore_errors=True)
-        result.duration_s = time.perf_counter() - started
-        return result
-    if not rank.fsdp:
-        trainer.model.save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    (output_dir / "training_config.json").write_text(json.dumps(
-        {"config": cfg.to_dict(), "plan": asdict(plan), "total_steps": total_steps, "steps": steps}, indent=2))
-    if scratch.exists() and not any(scratch.iterdir()):
-        scratch.rmdir()
-    phases["save_s"] = time.perf_counter() - mark
     if evaluate is not None:
-        mark = time.perf_counter()
-        if _evaluates_as_trained(prepared, cfg, base_model_dir):
-            result.evaluation = evaluate(trainer.model, tokenizer)
-        else:
-            del trainer, prepared
-            with evaluation_model(base_model_dir, output_dir, cfg) as (model, eval_tokenizer):
-                result.evaluation = evaluate(model, eval_tokenizer)
-        phases["candidate_eval_s"] = time.perf_counter() - mark
+        with timed(phases, "candidate_eval_s"):
+            if _evaluates_as_trained(prepared, cfg, base_model_dir):
+                result.evaluation = evaluate(prepared.trainer.model, prepared.tokenizer)
+            else:
+                del prepared  # the trained copy leaves memory before the evaluation copy loads
+                with evaluation_model(base_model_dir, output_dir, cfg) as (model, eval_tokenizer):
+                    result.evaluation = evaluate(model, eval_tokenizer)
     result.phases = phases
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _join_ranks(rank, base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig,
+                on_progress: ProgressFn | None, should_cancel: Callable[[], bool] | None):
+    """Multi-GPU hook (trainer/distributed.py): rank 0 hands the run to the other ranks, every rank trains its
+    share of the global batch, only rank 0 reports, and all stop at the same step when rank 0 is told to cancel."""
+    if not rank.enabled:
+        return on_progress, should_cancel
+    if rank.is_main:
+        distributed.share_work(base_model_dir, train_ds, cfg)
+    else:
+        on_progress = None
+    return on_progress, distributed.agreed(should_cancel)
+
+
+def _result(prepared: PreparedRun, output, watch: StepWatch, total_steps: int, n_train: int) -> SFTResult:
+    steps = prepared.trainer.state.global_step
+    return SFTResult(train_loss=float(output.training_loss) if steps else None, loss_history=watch.history,
+                     steps=steps, total_steps=total_steps, n_train=n_train, cancelled=watch.cancelled,
+                     plan=prepared.plan.to_dict())
+
+
+def _save(prepared: PreparedRun, cfg: TrainConfig, output_dir: Path, scratch: Path, rank, result: SFTResult) -> None:
+    """The adapter, the tokenizer and the config the run trained with, into `output_dir` (rank 0 writes)."""
+    trainer = prepared.trainer
+    if rank.fsdp:  # multi-GPU hook: gathering the shards is a collective; every rank joins, rank 0 writes
+        trainer.save_model(str(output_dir))
+    if not rank.is_main:
+        return
+    if not rank.fsdp:
+        trainer.model.save_pretrained(str(output_dir))
+    prepared.tokenizer.save_pretrained(str(output_dir))
+    (output_dir / "training_config.json").write_text(json.dumps(
+        {"config": cfg.to_dict(), "plan": prepared.plan.to_dict(), "total_steps": result.total_steps,
+         "steps": result.steps}, indent=2))
+    if scratch.exists() and not any(scratch.iterdir()):
+        scratch.rmdir()
 
 
 def _evaluates_as_trained(prepared: PreparedRun, cfg: TrainConfig, base_model_dir: str | Path) -> bool:
@@ -400,8 +412,8 @@ def _evaluates_as_trained(prepared: PreparedRun, cfg: TrainConfig, base_model_di
 
     plan = prepared.plan
     trained_attn = "sdpa" if plan.attn_implementation == ATTN_IMPLEMENTATION else plan.attn_implementation
-    return (not plan.qlora and not prepared.speed.get("compile") and not distributed.current().fsdp
-            and trained_attn == _eval_plan(cfg, _model_type(base_model_dir)).attn_implementation)
+    return (not plan.qlora and not plan.compile and not distributed.current().fsdp
+            and trained_attn == _eval_plan(cfg, base_model_dir).attn_implementation)
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -458,9 +470,9 @@ def mean_token_nll(model, tokenizer, ds: "Dataset", max_length: int, batch_size:
     return total_nll / total_tokens, total_tokens
 
 
-def _eval_plan(cfg: TrainConfig, model_type: str) -> Plan:
+def _eval_plan(cfg: TrainConfig, base_model_dir: str | Path) -> Plan:
     """How every version is evaluated: unquantized base in the machine's dtype, the default attention."""
-    return cfg.with_overrides(qlora="off", gradient_checkpointing="off").plan(model_type)
+    return plan_for(base_model_dir, cfg.with_overrides(qlora="off", gradient_checkpointing="off", packing="off"))
 
 
 @contextmanager
@@ -468,9 +480,8 @@ def evaluation_model(base_model_dir: str | Path, adapter_dir: str | Path | None,
     """(model, tokenizer) as every version is evaluated: the base per `_eval_plan`, plus the adapter if given."""
     import torch
 
-    model_type = _model_type(base_model_dir)
-    model = load_model(base_model_dir, _eval_plan(cfg, model_type))
-    tokenizer = load_tokenizer(base_model_dir, model_type)
+    model = load_model(base_model_dir, _eval_plan(cfg, base_model_dir))
+    tokenizer = load_tokenizer(base_model_dir, _model_type(base_model_dir))
     if adapter_dir is not None:
         from peft import PeftModel
 

@@ -1,9 +1,8 @@
-"""Moderator administration: `/retrain`, `/model`, `/dataset`, `/config`, and the training
-progress messages (a background `ProgressReporter`, since the trainer is another process).
+"""Moderator administration: `/retrain`, `/model`, `/dataset`, `/config` (the training progress
+messages have their own cog: bot/cogs/training_progress.py).
 
-Every handler checks the caller itself (`ensure_moderator`): hiding commands is not security.
-`/config show` is the exception: it changes nothing, and the refusal text points members to it
-to find out who the moderators are.
+Every command checks the caller when it runs (`@moderator_only()`): hiding commands is not security. `/config show` is the exception: it changes nothing,
+and the refusal text points members to it to find out who the moderators are.
 """
 from __future__ import annotations
 
@@ -15,11 +14,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import ensure_moderator, is_moderator
-from bot.formatting import discord_timestamp, learning_scores
-from bot.progress import ProgressReporter, running_text
+from bot.checks import is_moderator, moderator_only
+from bot.formatting import MESSAGE_LIMIT, discord_timestamp, learning_scores
+from bot.progress import running_text
+from bot.replies import refusal_text, setting_value
 from storage.dataset_files import DATASET_EXPORT_FORMATS, EXPORT_STATUSES, KTO_FORMAT, export_examples
-from storage.guild_settings import FIELDS, SettingError, parse_setting
+from storage.guild_settings import FIELDS, SettingError
 from storage.records import GuildSettings, ModelVersion, TrainingRun
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ SETTING_HELP = {
     "preference_down_votes": "net 👎 that make an /ask answer a disliked preference example (1 to 1000)",
     "moderator_vote_weight": "how many votes a moderator's 👍/👎 counts as (1 to 100)",
 }
-MESSAGE_LIMIT = 2000
 
 
 def when(ts: float | None) -> str:
@@ -104,20 +103,12 @@ class Admin(commands.Cog):
 
     def __init__(self, bot: "GuildtuneBot"):
         self.bot = bot
-        self.progress = ProgressReporter(bot)
-
-    async def cog_load(self) -> None:
-        self.progress.start()
-
-    async def cog_unload(self) -> None:
-        await self.progress.stop()
 
     # --- /retrain -------------------------------------------------------------------------------
     @app_commands.command(name="retrain", description="Moderators: queue a training run now.")
     @app_commands.guild_only()
+    @moderator_only()
     async def retrain(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         run, place, created = await self.bot.db.runs.enqueue(interaction.guild_id, trigger="retrain",
                                                              requested_by=interaction.user.id)
         approved = len(await self.bot.db.examples.approved(interaction.guild_id))
@@ -135,9 +126,8 @@ class Admin(commands.Cog):
 
     # --- /model ---------------------------------------------------------------------------------
     @model_group.command(name="status", description="Moderators: the active model, its metrics, and training now.")
+    @moderator_only()
     async def model_status(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         db = self.bot.db
         active = await db.versions.active(guild_id)
@@ -167,9 +157,8 @@ class Admin(commands.Cog):
         await interaction.response.send_message(fit(lines), ephemeral=True)
 
     @model_group.command(name="history", description="Moderators: every model version and recent runs.")
+    @moderator_only()
     async def model_history(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         versions = await self.bot.db.versions.list(guild_id, limit=10)
         lines = ["**Model versions** (newest first):"]
@@ -189,10 +178,9 @@ class Admin(commands.Cog):
 
     @model_group.command(name="rollback", description="Moderators: answer with an earlier model version again.")
     @app_commands.describe(version="Version number (from /model history); default: the one active before this")
+    @moderator_only()
     async def model_rollback(self, interaction: discord.Interaction,
                              version: app_commands.Range[int, 1, None] | None = None) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         db = self.bot.db
         active = await db.versions.active(guild_id)
@@ -222,7 +210,7 @@ class Admin(commands.Cog):
         try:
             target = await db.versions.activate(guild_id, target.id)
         except LookupError as exc:
-            await interaction.followup.send(str(exc), ephemeral=True)
+            await interaction.followup.send(refusal_text(exc), ephemeral=True)
             return
         await self.bot.tracker.refresh()
         served = self.bot.tracker.get(guild_id)
@@ -237,9 +225,8 @@ class Admin(commands.Cog):
 
     # --- /dataset -------------------------------------------------------------------------------
     @dataset_group.command(name="stats", description="Moderators: how many examples by status and source.")
+    @moderator_only()
     async def dataset_stats(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         db = self.bot.db
         stats = await db.examples.stats(guild_id)
@@ -264,10 +251,9 @@ class Admin(commands.Cog):
     @app_commands.choices(
         format=[app_commands.Choice(name=f, value=f) for f in DATASET_EXPORT_FORMATS],
         status=[app_commands.Choice(name=s, value=s) for s in EXPORT_STATUSES])
-    async def dataset_export(self, interaction: discord.Interaction, format: str = "messages",
+    @moderator_only()
+    async def dataset_export(self, interaction: discord.Interaction["GuildtuneBot"], format: str = "messages",
                              status: str = "approved") -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild_id = interaction.guild_id
         try:
             export = await export_examples(self.bot.db, guild_id, format=format, status=status)
@@ -308,16 +294,15 @@ class Admin(commands.Cog):
     @config_group.command(name="set", description="Moderators: change one setting.")
     @app_commands.describe(setting="which setting (start typing for the list)",
                            value="the new value, or 'default' to reset it")
+    @moderator_only()
     async def config_set(self, interaction: discord.Interaction, setting: str, value: str) -> None:
-        if not await ensure_moderator(interaction):
-            return
         guild = interaction.guild
         name = setting.strip()
         try:
             if name in FIELDS and value.strip().lower() == "default":
                 new = getattr(GuildSettings(guild_id=guild.id), name)
             else:
-                new = parse_setting(name, value)
+                new = setting_value(name, value)
             self._check_exists(guild, name, new)
         except SettingError as exc:
             await interaction.response.send_message(f"{exc}", ephemeral=True)

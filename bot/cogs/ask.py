@@ -20,7 +20,9 @@ from discord.utils import MISSING
 
 from bot.checks import is_moderator
 from bot.contributions import contribute
-from bot.formatting import NO_MENTIONS, retry_hint, shorten, split_message
+from bot.custom_ids import ANSWER
+from bot.formatting import FORM_FIELD_LIMIT, NO_MENTIONS, retry_hint, shorten, split_message
+from bot.replies import decision_text
 from serving.prompting import guild_messages, guild_options
 from serving.protocol import ModelServerError, ModelServerUnavailable
 from storage.conversation import is_blank
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL_S = 1.0  # Discord rate-limits edits; about one a second reads as "typing"
-MODAL_TEXT_LIMIT = 4000
 BASE_MODEL_NOTICE = "-# Answered by the base model: no trained version is active in this server yet."
 WARMING_UP = ("I'm still warming up: the model is loading (the first start converts it, which takes "
               "a minute or two). Try again in a minute.")
@@ -100,11 +101,11 @@ VOTE_LABELS = {"up": "👍", "down": "👎"}
 
 
 class VoteButton(discord.ui.DynamicItem[discord.ui.Button],
-                 template=r"guildtune:answer:(?P<answer_id>[0-9]+):(?P<kind>up|down)"):
+                 template=rf"{ANSWER}:(?P<answer_id>[0-9]+):(?P<kind>up|down)"):
     def __init__(self, answer_id: int, kind: str):
         super().__init__(discord.ui.Button(
             emoji=VOTE_LABELS[kind], style=discord.ButtonStyle.secondary,
-            custom_id=f"guildtune:answer:{answer_id}:{kind}"))
+            custom_id=f"{ANSWER}:{answer_id}:{kind}"))
         self.answer_id = answer_id
         self.kind = kind
 
@@ -112,8 +113,8 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button],
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> "VoteButton":
         return cls(int(match["answer_id"]), match["kind"])
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot: GuildtuneBot = interaction.client  # type: ignore[assignment]
+    async def callback(self, interaction: discord.Interaction[GuildtuneBot]) -> None:
+        bot = interaction.client
         guild_id = interaction.guild_id
         moderator = await is_moderator(bot.db, guild_id, interaction.user)
         try:
@@ -165,24 +166,24 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button],
             return f"\nAs a moderator you approved it as example #{example.id}."
         if example.status == "pending":
             decision = await bot.db.examples.decide(guild_id, example.id, actor_id=interaction.user.id, approve=True)
-            return f"\n{decision.message}"
+            return f"\n{decision_text(decision)}"
         return f"\nIt is already example #{example.id} ({example.status})."
 
 
 class CorrectButton(discord.ui.DynamicItem[discord.ui.Button],
-                    template=r"guildtune:answer:(?P<answer_id>[0-9]+):correct"):
+                    template=rf"{ANSWER}:(?P<answer_id>[0-9]+):correct"):
     def __init__(self, answer_id: int):
         super().__init__(discord.ui.Button(
             label="Correct", emoji="✏️", style=discord.ButtonStyle.secondary,
-            custom_id=f"guildtune:answer:{answer_id}:correct"))
+            custom_id=f"{ANSWER}:{answer_id}:correct"))
         self.answer_id = answer_id
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> "CorrectButton":
         return cls(int(match["answer_id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot: GuildtuneBot = interaction.client  # type: ignore[assignment]
+    async def callback(self, interaction: discord.Interaction[GuildtuneBot]) -> None:
+        bot = interaction.client
         answer = await bot.db.answers.get(interaction.guild_id, self.answer_id)
         if answer is None:
             await interaction.response.send_message(
@@ -212,16 +213,16 @@ class CorrectionModal(discord.ui.Modal):
         super().__init__(title="Correct this answer", timeout=900)
         self.answer = answer
         self.message_id = message_id
-        cut = len(answer.answer) > MODAL_TEXT_LIMIT
+        cut = len(answer.answer) > FORM_FIELD_LIMIT
         self.corrected = discord.ui.TextInput(
             label=shorten("Better answer" + (" (long answer: start shown)" if cut else ""), 45),
-            style=discord.TextStyle.paragraph, custom_id="answer", max_length=MODAL_TEXT_LIMIT,
-            default=answer.answer[:MODAL_TEXT_LIMIT] or None,
+            style=discord.TextStyle.paragraph, custom_id="answer", max_length=FORM_FIELD_LIMIT,
+            default=answer.answer[:FORM_FIELD_LIMIT] or None,
             placeholder=shorten(f"To: {answer.question}", 100))
         self.add_item(self.corrected)
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        bot: GuildtuneBot = interaction.client  # type: ignore[assignment]
+    async def on_submit(self, interaction: discord.Interaction[GuildtuneBot]) -> None:
+        bot = interaction.client
         guild_id = interaction.guild_id
         result = await contribute(
             bot, guild_id, interaction.user, conversation_of(self.answer, self.corrected.value),
@@ -277,15 +278,15 @@ class AskCog(commands.Cog):
 
     def _admit(self, guild_id: int, user_id: int) -> str | None:
         """Why this ask must wait (cooldown per member, concurrency cap per guild), or None."""
-        settings, now = self.bot.settings, time.time()
+        options, now = self.bot.options, time.time()
         last = self._last_ask.get((guild_id, user_id))
-        if last is not None and now - last < settings.ask_cooldown_s:
-            return f"Slow down a little: you can ask again {retry_hint(last + settings.ask_cooldown_s, now)}."
+        if last is not None and now - last < options.ask_cooldown_s:
+            return f"Slow down a little: you can ask again {retry_hint(last + options.ask_cooldown_s, now)}."
         running = self._running.get(guild_id, [])
-        if len(running) >= settings.ask_concurrency:
-            latest = min(running) + settings.answer_timeout_s
+        if len(running) >= options.ask_concurrency:
+            latest = min(running) + options.answer_timeout_s
             return (f"I am already writing {len(running)} answer(s) in this server (the limit is "
-                    f"{settings.ask_concurrency}). Try again in a few seconds; a slot frees up "
+                    f"{options.ask_concurrency}). Try again in a few seconds; a slot frees up "
                     f"{retry_hint(latest, now)} at the latest.")
         return None
 
@@ -294,7 +295,7 @@ class AskCog(commands.Cog):
         guild_id = interaction.guild_id
         gs = await self.bot.db.settings.get(guild_id)
         version = self.bot.tracker.get(guild_id)
-        timeout_s = self.bot.settings.answer_timeout_s
+        timeout_s = self.bot.options.answer_timeout_s
         messages = guild_messages(gs, question)
         options = guild_options(gs, timeout_s)
         stream = AnswerStream(interaction, ephemeral=private)

@@ -12,6 +12,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.custom_ids import FORGET
+
 if TYPE_CHECKING:
     from bot.bot import GuildtuneBot
 
@@ -22,13 +24,13 @@ CONFIRM_TEXT = ("This deletes **every example you contributed in this server** (
 
 
 class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=r"guildtune:forget:(?P<user_id>[0-9]+):(?P<action>confirm|cancel)"):
+                   template=rf"{FORGET}:(?P<user_id>[0-9]+):(?P<action>confirm|cancel)"):
     def __init__(self, user_id: int, action: str):
         confirm = action == "confirm"
         super().__init__(discord.ui.Button(
             label="Delete my examples" if confirm else "Cancel",
             style=discord.ButtonStyle.danger if confirm else discord.ButtonStyle.secondary,
-            custom_id=f"guildtune:forget:{user_id}:{action}"))
+            custom_id=f"{FORGET}:{user_id}:{action}"))
         self.user_id = user_id
         self.action = action
 
@@ -43,12 +45,11 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
             return False
         return True
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def callback(self, interaction: discord.Interaction[GuildtuneBot]) -> None:
         if self.action == "cancel":
             await interaction.response.edit_message(content="Cancelled: nothing was deleted.", view=None)
             return
-        bot: GuildtuneBot = interaction.client  # type: ignore[assignment]
-        gone = await bot.db.examples.forget_author(interaction.guild_id, self.user_id)
+        gone = await interaction.client.db.examples.forget_author(interaction.guild_id, self.user_id)
         parts = [f"{n} {what}{'s' if n != 1 else ''}{where}" for n, what, where in (
             (gone.examples, "example", " you contributed"), (gone.votes, "vote", ""),
             (gone.questions, "question", " you asked")) if n]

@@ -14,7 +14,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import ensure_moderator, is_moderator
+from bot.checks import ensure_moderator, is_moderator, moderator_only
+from bot.custom_ids import REVIEW
+from bot.formatting import FORM_FIELD_LIMIT
+from bot.replies import decision_text, refusal_text
 from storage.conversation import InvalidConversation
 from storage.examples import Decision, ExampleError
 from storage.records import Conversation, Example
@@ -27,7 +30,6 @@ log = logging.getLogger(__name__)
 APPROVE_EMOJI = "✅"
 REJECT_EMOJI = "❌"
 EMBED_TEXT_BUDGET = 3600  # of the description's 4,096; the rest is headings and the cut note
-MODAL_FIELD_MAX = 4000  # Discord's limit for one text input
 MODAL_MAX_FIELDS = 5
 ROLE_NAMES = {"system": "System prompt", "user": "User", "assistant": "Assistant"}
 COLOURS = {"pending": discord.Colour.blurple(), "approved": discord.Colour.green(),
@@ -97,7 +99,7 @@ def example_embed(example: Example, *, source_channel_id: int | None = None, pen
 
 # ---------------------------------------------------------------------------------------------- buttons
 class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=r"gt:review:(?P<action>approve|edit|reject|skip):(?P<example_id>\d+):(?P<where>card|post)"):
+                   template=rf"{REVIEW}:(?P<action>approve|edit|reject|skip):(?P<example_id>\d+):(?P<where>card|post)"):
     """Approve / Edit / Reject / Skip for one example, on a `/review` card or a review-channel post."""
 
     STYLES = {"approve": (discord.ButtonStyle.success, "Approve", APPROVE_EMOJI),
@@ -108,7 +110,7 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
     def __init__(self, action: str, example_id: int, where: str):
         style, label, emoji = self.STYLES[action]
         super().__init__(discord.ui.Button(style=style, label=label, emoji=emoji,
-                                           custom_id=f"gt:review:{action}:{example_id}:{where}"))
+                                           custom_id=f"{REVIEW}:{action}:{example_id}:{where}"))
         self.action = action
         self.example_id = example_id
         self.where = where
@@ -118,8 +120,8 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
                              match: re.Match[str], /) -> "ReviewButton":
         return cls(match["action"], int(match["example_id"]), match["where"])
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        cog: Review | None = interaction.client.get_cog("Review")  # type: ignore[attr-defined]
+    async def callback(self, interaction: discord.Interaction[GuildtuneBot]) -> None:
+        cog: Review | None = interaction.client.get_cog("Review")
         if cog is not None:
             await cog.on_review_button(interaction, self.action, self.example_id, self.where)
 
@@ -153,7 +155,7 @@ class EditExampleModal(discord.ui.Modal):
         first = editable_slice(example.messages)
         shown = "" if first == 0 else f" (last {MODAL_MAX_FIELDS} messages)"
         super().__init__(title=f"Edit example #{example.id}{shown}"[:45], timeout=900,
-                         custom_id=f"gt:review-edit:{example.id}:{where}")
+                         custom_id=f"{REVIEW}-edit:{example.id}:{where}")
         self.cog = cog
         self.example = example
         self.where = where
@@ -164,7 +166,7 @@ class EditExampleModal(discord.ui.Modal):
             text_input = discord.ui.TextInput(
                 label=field_label(example.messages, i), style=discord.TextStyle.paragraph,
                 default=message["content"], required=message["role"] != "system",
-                max_length=MODAL_FIELD_MAX, custom_id=f"m{i}")
+                max_length=FORM_FIELD_LIMIT, custom_id=f"m{i}")
             self.inputs.append(text_input)
             self.add_item(text_input)
 
@@ -184,7 +186,7 @@ class RejectModal(discord.ui.Modal):
 
     def __init__(self, cog: "Review", example_id: int, where: str):
         super().__init__(title=f"Reject example #{example_id}", timeout=900,
-                         custom_id=f"gt:review-reject:{example_id}:{where}")
+                         custom_id=f"{REVIEW}-reject:{example_id}:{where}")
         self.cog = cog
         self.example_id = example_id
         self.where = where
@@ -262,9 +264,8 @@ class Review(commands.Cog):
     # --- /review ----------------------------------------------------------------------------------
     @app_commands.command(name="review", description="Moderators: review pending examples one by one.")
     @app_commands.guild_only()
+    @moderator_only()
     async def review(self, interaction: discord.Interaction) -> None:
-        if not await ensure_moderator(interaction):
-            return
         embed, view, _ = await self.card(interaction.guild_id)
         if embed is None:
             await interaction.response.send_message("Nothing to review: there are no pending examples.",
@@ -301,11 +302,11 @@ class Review(commands.Cog):
             await interaction.response.send_modal(RejectModal(self, example_id, where))
         elif action == "edit":
             too_long = [i + 1 for i, m in enumerate(example.messages)
-                        if i >= editable_slice(example.messages) and len(m["content"]) > MODAL_FIELD_MAX]
+                        if i >= editable_slice(example.messages) and len(m["content"]) > FORM_FIELD_LIMIT]
             if too_long:
                 await interaction.response.send_message(
                     f"Message {', '.join(map(str, too_long))} of example #{example_id} is longer than the "
-                    f"{MODAL_FIELD_MAX:,} characters a Discord form can hold, so it can't be edited here. "
+                    f"{FORM_FIELD_LIMIT:,} characters a Discord form can hold, so it can't be edited here. "
                     "Approve or reject it as it is.", ephemeral=True)
                 return
             await interaction.response.send_modal(EditExampleModal(self, example, where))
@@ -320,14 +321,14 @@ class Review(commands.Cog):
                 interaction.guild_id, example_id, actor_id=interaction.user.id, approve=approve,
                 reason=reason, messages=messages)
         except (ExampleError, InvalidConversation) as exc:
-            await interaction.response.send_message(str(exc), ephemeral=True)
+            await interaction.response.send_message(refusal_text(exc), ephemeral=True)
             return
         clicked = interaction.message.id if interaction.message is not None else None
         if decision.ok:
             await self.update_posts(decision.example, interaction.user.id, reason,
                                     skip_message_id=clicked if where == "post" else None)
-        notice = (f"{APPROVE_EMOJI if approve else REJECT_EMOJI} {decision.message}" if decision.ok
-                  else f"⚠️ {decision.message}")
+        notice = (f"{APPROVE_EMOJI if approve else REJECT_EMOJI} {decision_text(decision)}" if decision.ok
+                  else f"⚠️ {decision_text(decision)}")
         if where == "card":
             # Still pending (e.g. the edit duplicated another example): show it again; else the next one.
             after_id = example_id - 1 if decision.example.status == "pending" else example_id
@@ -345,7 +346,7 @@ class Review(commands.Cog):
                                   votes=await self.votes(decision.example))
             await interaction.response.edit_message(embed=embed, view=None)
         else:
-            await interaction.response.send_message(decision.message, ephemeral=True)
+            await interaction.response.send_message(decision_text(decision), ephemeral=True)
 
     # --- the review channel ----------------------------------------------------------------------
     @commands.Cog.listener()

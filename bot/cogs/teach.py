@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.contributions import contribute
-from bot.formatting import NO_MENTIONS, shorten
+from bot.formatting import FORM_FIELD_LIMIT, NO_MENTIONS, shorten
 from storage.conversation import is_blank
 from storage.records import Conversation
 
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODAL_TEXT_LIMIT = 4000  # Discord's limit for a modal text field
 INTENT_WARNING_EVERY_S = 600.0  # tell a guild about the missing intent at most this often
 
 MISSING_INTENT_HELP = (
@@ -44,7 +43,7 @@ TEACH_FIELDS = (  # custom_id, label, required
 class TeachModal(discord.ui.Modal):
     """The multi-line form behind `/teach` (also pre-filled with whatever options were given).
 
-    A form field holds at most MODAL_TEXT_LIMIT characters while a command option holds up to 6,000: text
+    A form field holds at most FORM_FIELD_LIMIT characters while a command option holds up to 6,000: text
     given with the command that does not fit is kept exactly as typed and left out of the form (its first
     field says so), rather than cut to fit.
     """
@@ -53,7 +52,7 @@ class TeachModal(discord.ui.Modal):
         super().__init__(title="Teach the bot", timeout=900)
         self.cog = cog
         given = {"prompt": prompt, "response": response, "system": system}
-        self.kept = {name: text for name, text in given.items() if text and len(text) > MODAL_TEXT_LIMIT}
+        self.kept = {name: text for name, text in given.items() if text and len(text) > FORM_FIELD_LIMIT}
         self.fields: dict[str, discord.ui.TextInput] = {}
         for name, label, required in TEACH_FIELDS:
             if name in self.kept:
@@ -66,7 +65,7 @@ class TeachModal(discord.ui.Modal):
                                                for n, t in self.kept.items()), 100)
             self.fields[name] = discord.ui.TextInput(
                 label=label, style=discord.TextStyle.paragraph, custom_id=name, required=required,
-                default=given[name] or None, max_length=MODAL_TEXT_LIMIT, placeholder=placeholder)
+                default=given[name] or None, max_length=FORM_FIELD_LIMIT, placeholder=placeholder)
             self.add_item(self.fields[name])
 
     def text(self, name: str) -> str:
@@ -87,11 +86,11 @@ class TeachAsAnswerModal(discord.ui.Modal):
         context = f" (+{len(earlier)} earlier turns)" if earlier else ""
         self.prompt = discord.ui.TextInput(
             label=shorten(f"Question{context}", 45), style=discord.TextStyle.paragraph, custom_id="prompt",
-            default=prompt[:MODAL_TEXT_LIMIT] or None, max_length=MODAL_TEXT_LIMIT,
+            default=prompt[:FORM_FIELD_LIMIT] or None, max_length=FORM_FIELD_LIMIT,
             placeholder="The message being answered (type it if it is missing)")
         self.response = discord.ui.TextInput(
             label="Answer", style=discord.TextStyle.paragraph, custom_id="response",
-            default=response[:MODAL_TEXT_LIMIT] or None, max_length=MODAL_TEXT_LIMIT)
+            default=response[:FORM_FIELD_LIMIT] or None, max_length=FORM_FIELD_LIMIT)
         self.add_item(self.prompt)
         self.add_item(self.response)
 

@@ -1,5 +1,8 @@
 """Keep the libraries' per-file progress bars and deprecation chatter out of our output, so the
-user sees our own progress (rich bars, the run's progress in the database) and real warnings."""
+user sees our own progress (rich bars, the run's progress in the database) and real warnings.
+
+In serving/ because both the serving side (serving/generation.py) and the trainer (trainer/job.py,
+which imports serving) quiet the same libraries; the trainer imports it downward."""
 from __future__ import annotations
 
 import os
