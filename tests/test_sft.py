@@ -155,7 +155,7 @@ def test_steps_scale_with_dataset_size():
     # small splits: the smallest batch (more steps per pass); large ones full batches
     assert TrainConfig.for_dataset(1).per_device_batch_size == 1
     assert TrainConfig.for_dataset(30).per_device_batch_size == 2
-    assert TrainConfig.for_dataset(300).per_device_batch_size == 5
+    assert TrainConfig.for_dataset(300).per_device_batch_size == 4
     assert TrainConfig.for_dataset(3000).per_device_batch_size == 8
     assert TrainConfig.for_dataset(30, per_device_batch_size=4).per_device_batch_size == 4
 

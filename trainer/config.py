@@ -35,7 +35,7 @@ class TrainConfig:
         "help": "Rank-stabilised LoRA (scale alpha/sqrt(r)); helps at high ranks."})
 
     # --- how long ------------------------------------------------------------------------------
-    target_steps: int = field(default=60, metadata={
+    target_steps: int = field(default=90, metadata={
         "help": "Optimizer steps to aim at; epochs = ceil(target_steps / steps per epoch), then bounded by "
                 "min_epochs/max_epochs. Small datasets get more passes, large ones fewer."})
     min_epochs: int = field(default=1, metadata={"help": "At least this many passes over the training split."})

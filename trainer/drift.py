@@ -26,7 +26,7 @@ from typing import Any
 from trainer.recall import greedy_answers
 
 #: Tokens of each base answer kept as the reference.
-REFERENCE_TOKENS = 64
+REFERENCE_TOKENS = 32
 #: Bump when what a cache file holds changes.
 CACHE_VERSION = 2
 

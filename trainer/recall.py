@@ -26,7 +26,7 @@ KNOWS_THRESHOLD = 0.6
 REFERENCE_WORDS = 24
 #: Tokens a probe's answer may take beyond the taught answer's own length, and at most in all.
 EXTRA_ANSWER_TOKENS = 6
-MAX_PROBE_TOKENS = 48
+MAX_PROBE_TOKENS = 36
 
 
 def judge_words(text: str) -> list[str]:
