@@ -7,12 +7,13 @@ import json
 import re
 import sys
 import unicodedata
+from dataclasses import dataclass
 
 from storage.limits import MAX_MESSAGE_CHARS, MAX_TURNS
 from storage.records import Conversation
 
-__all__ = ["MAX_MESSAGE_CHARS", "MAX_TURNS", "ROLES", "InvalidConversation", "content_hash", "is_blank",
-           "surrogate_problem", "validate_conversation"]
+__all__ = ["MAX_MESSAGE_CHARS", "MAX_TURNS", "ROLES", "InvalidConversation", "ShapeProblem", "content_hash",
+           "is_blank", "shape_problem", "surrogate_problem", "validate_conversation"]
 
 ROLES = ("system", "user", "assistant")
 # Letters that render as nothing although Unicode files them as letters or symbols (Discord's favourite
@@ -22,6 +23,36 @@ _BLANK_LOOKALIKES = "\u034f\u115f\u1160\u2800\u3164\uffa0"
 
 class InvalidConversation(ValueError):
     """The message says what is wrong and how to fix it; it is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class ShapeProblem:
+    """What breaks the order of a conversation's turns; each caller words it for its readers.
+
+    kind: "system_not_first" | "not_alternating" | "no_turns" (only a system message) |
+    "last_not_assistant"; `index` is the offending message's position in the whole conversation
+    (None for "no_turns"); `expected` the role that message should have had."""
+
+    kind: str
+    index: int | None = None
+    expected: str | None = None
+
+
+def shape_problem(roles: list[str]) -> ShapeProblem | None:
+    """The one rule for the order of turns: an optional leading system message, then user and assistant
+    alternating, starting with user and ending with assistant. The first problem in reading order, or None."""
+    start = 1 if roles and roles[0] == "system" else 0
+    for i, role in enumerate(roles[start:]):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role == "system":
+            return ShapeProblem("system_not_first", start + i)
+        if role != expected:
+            return ShapeProblem("not_alternating", start + i, expected)
+    if len(roles) == start:
+        return ShapeProblem("no_turns")
+    if roles[-1] != "assistant":
+        return ShapeProblem("last_not_assistant", len(roles) - 1, "assistant")
+    return None
 
 
 def validate_conversation(messages: object) -> Conversation:
@@ -60,22 +91,19 @@ def validate_conversation(messages: object) -> Conversation:
         if surrogate:
             raise InvalidConversation(f"The {what} (message {i}) {surrogate}.")
         clean.append({"role": role, "content": content})
+    problem = shape_problem([m["role"] for m in clean])
     turns = clean[1:] if clean[0]["role"] == "system" else clean
-    if any(m["role"] == "system" for m in turns):
+    if problem is None:
+        return clean
+    if problem.kind == "system_not_first":
         raise InvalidConversation("A system message may only come first.")
-    if len(turns) < 2:
+    if problem.kind == "no_turns" or len(turns) < 2:
         raise InvalidConversation("An example needs a prompt (user) and a response (assistant).")
-    if len(turns) > MAX_TURNS:
-        raise InvalidConversation(f"An example may have at most {MAX_TURNS} turns; this one has {len(turns)}.")
-    for i, msg in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if msg["role"] != expected:
-            raise InvalidConversation(
-                f"Turns must alternate user/assistant starting with user; turn {i + 1} is {msg['role']}."
-            )
-    if turns[-1]["role"] != "assistant":
-        raise InvalidConversation("The last turn must be the assistant's response.")
-    return clean
+    if problem.kind == "not_alternating":
+        turn = problem.index + 1 - (len(clean) - len(turns))
+        raise InvalidConversation(f"Turns must alternate user/assistant starting with user; turn {turn} is "
+                                  f"{clean[problem.index]['role']}.")
+    raise InvalidConversation("The last turn must be the assistant's response.")
 
 
 @functools.cache

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from storage.conversation import is_blank
+from storage.conversation import ROLES, ShapeProblem, is_blank, shape_problem
 from storage.formats.errors import KEEP_TOOL_TURNS_HINT, RowError, SkipRow, type_name
 from storage.limits import MAX_LISTED_TURNS, MAX_TURNS
 from storage.records import Conversation
 
-ROLES = ("system", "user", "assistant")
 TOOL_CALL, TOOL_RESULT = "tool_call", "tool_result"
 TOOL_SKIP_REASON = (
     "a tool-calling row (it has a tools field, or function_call/observation/tool turns); "
@@ -96,6 +95,24 @@ def fold_tool_turns(turns: list[Turn], *, keep_tool_turns: bool) -> list[Turn]:
     return folded
 
 
+def _shape_error(turns: list[Turn], problem: ShapeProblem) -> RowError:
+    """storage's rule for the order of turns, worded for a file: the field of the message at fault."""
+    if problem.kind == "no_turns":
+        return RowError(None, "has only a system message", "add a user prompt and an assistant response")
+    turn = turns[problem.index]
+    if problem.kind == "system_not_first":
+        return RowError(turn.field, "is a system message that is not the first message",
+                        "move the system prompt to the start, or remove it")
+    if problem.kind == "last_not_assistant":
+        return RowError(turn.field, "is the last message but is not the assistant's",
+                        "end the conversation with the assistant's response")
+    first = problem.index == (1 if turns[0].role == "system" else 0)
+    after = "first" if first else f"after a {turns[problem.index - 1].role} message"
+    return RowError(turn.field, f"is a {turn.role} message {after}; turns must alternate user/assistant, "
+                    "starting with user", f"make it {'an assistant' if problem.expected == 'assistant' else 'a user'} "
+                    "message, or merge it with its neighbour")
+
+
 def to_conversation(turns: list[Turn]) -> Conversation:
     """Check the conversation rules and return plain messages; text is kept exactly as written.
 
@@ -110,20 +127,7 @@ def to_conversation(turns: list[Turn]) -> Conversation:
         if is_blank(turn.content):
             raise RowError(turn.field, f"is an empty {turn.role} message{_invisible(turn.content)}",
                            "write some text, or remove that message")
-    body = turns[1:] if turns[0].role == "system" else turns
-    for i, turn in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if turn.role == "system":
-            raise RowError(turn.field, "is a system message that is not the first message",
-                           "move the system prompt to the start, or remove it")
-        if turn.role != expected:
-            after = f"after a {body[i - 1].role} message" if i else "first"
-            raise RowError(turn.field, f"is a {turn.role} message {after}; turns must alternate user/assistant, "
-                           "starting with user", f"make it {'an assistant' if expected == 'assistant' else 'a user'} message, "
-                           "or merge it with its neighbour")
-    if not body:
-        raise RowError(None, "has only a system message", "add a user prompt and an assistant response")
-    if body[-1].role != "assistant":
-        raise RowError(body[-1].field, "is the last message but is not the assistant's",
-                       "end the conversation with the assistant's response")
+    problem = shape_problem([t.role for t in turns])
+    if problem is not None:
+        raise _shape_error(turns, problem)
     return [{"role": t.role, "content": t.content} for t in turns]
