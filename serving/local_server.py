@@ -330,7 +330,7 @@ class LocalServer:
     def _answer_round(self, questions: list[_Question]) -> None:
         """Decode one round to its end. Loads and removals wait until it is over, so no adapter
         changes under an answer in flight; a question that cannot be served fails alone."""
-        from serving import batch_generation, generation
+        from serving import batch_generation
 
         try:
             self._ensure_base()
@@ -366,15 +366,9 @@ class LocalServer:
             question.send(_STARTED)
         try:
             names = [q.adapter for q in live]
-            if len(set(names)) == 1:
+            if len(set(names)) == 1:  # also every round of batching="off": one row, the same decoding
                 with self._selected(names[0]):
-                    if self.batching == "off":
-                        only = live[0]
-                        generation.generate(model, self._tokenizer, self._device, only.messages, only.options,
-                                            only.stop, only.send)
-                        only.send(_DONE)
-                    else:
-                        batch_generation.generate_rows(model, self._tokenizer, rows, live[0].options)
+                    batch_generation.generate_rows(model, self._tokenizer, rows, live[0].options)
             else:
                 batch_generation.generate_rows(self._peft, self._tokenizer, rows, live[0].options,
                                                adapter_names=[name or "__base__" for name in names])
@@ -419,14 +413,18 @@ class LocalServer:
                 raise ModelServerUnavailable("The local model has no room for another adapter right now. Try again.")
             log.info("evicting adapter %s (least recently used)", oldest)
             self._drop_adapter(oldest)
+        # Straight onto the model's device, in the base's dtype: PEFT's default upcasts a bf16 model's
+        # adapters to float32, and then every LoRA layer casts between the two at every token (one more
+        # small kernel per LoRA layer: 126 per token for Gemma 3 270M with all-linear adapters).
+        placement = {"torch_device": self._device, "autocast_adapter_dtype": False}
         try:
             if self._peft is None:
                 from peft import PeftModel
 
                 self._peft = PeftModel.from_pretrained(self._base, version.adapter_path, adapter_name=name,
-                                                       is_trainable=False)
+                                                       is_trainable=False, **placement)
             else:
-                self._peft.load_adapter(version.adapter_path, adapter_name=name, is_trainable=False)
+                self._peft.load_adapter(version.adapter_path, adapter_name=name, is_trainable=False, **placement)
         except Exception as exc:
             log.exception("loading adapter %s failed", version.adapter_path)
             self._recover_from_failed_load(name)
