@@ -253,7 +253,11 @@ class PieceStreamer(BaseStreamer):
         if not self.prompt_seen:  # generate() first passes the prompt itself
             self.prompt_seen = True
             return
-        self.ids.extend(value.reshape(-1).tolist())
+        self.add(value.reshape(-1).tolist())
+
+    def add(self, ids: list[int]) -> None:
+        """New answer tokens, as plain ids (what `RowStreams` hands each row)."""
+        self.ids.extend(ids)
         self.emit(self._advance(final=False))
 
     def end(self) -> None:
