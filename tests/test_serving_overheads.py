@@ -114,3 +114,19 @@ async def test_model_and_every_adapter_sit_on_the_server_device_in_the_base_dtyp
         assert (await answer(srv, v[2], GREEDY, QUESTION)).strip()  # and it decodes in that dtype
     finally:
         await srv.close()
+
+
+async def test_answers_of_the_same_version_switch_the_adapter_once(world, refs):
+    v = world["versions"]
+    srv = LocalServer(str(world["base"]), device="cpu", batching="off")
+    try:
+        for number in (1, 2):
+            await srv.publish(v[number])
+        switches: list[str] = []
+        real = srv._peft.set_adapter
+        srv._peft.set_adapter = lambda name, **kw: switches.append(name) or real(name, **kw)
+        for number in (1, 1, 1, 2, 2, 1):
+            assert await answer(srv, v[number], GREEDY, QUESTION) == refs[number, 0]
+        assert switches == ["v102", "v101"]  # v1 is active from its load on
+    finally:
+        await srv.close()
