@@ -233,9 +233,9 @@ class PieceStreamer(BaseStreamer):
     """Hands each generated token's new text to `emit` (possibly "", which still proves progress).
 
     Decodes a window of the last few tokens, never the whole answer: the text a token adds is
-    decode(window + token) minus decode(window), the window starting at the token before the last
-    one sent, so a tokenizer whose decoding depends on neighbours (leading spaces, a character split
-    over byte tokens) yields the same text as decoding the answer at once. A tail that ends in a
+    decode(window + token) minus decode(window), the window starting at the tokens of the last piece
+    sent, so a tokenizer whose decoding depends on neighbours (leading spaces, a character split over
+    byte tokens) yields the same text as decoding the answer at once. A tail that ends in a
     half-decoded character is held back until it completes. Why: decoding the whole answer at every
     token made each token's work grow with the answer, and in a batched round that runs once per row
     per step (64 rows of 512-token answers: 16k token decodes per step, on the model thread).

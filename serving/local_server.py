@@ -13,8 +13,9 @@ knobs; adapters that fit in memory together), up to `max_batch_size`, and decode
 `generate` call (`serving.batch_generation`): each row streams to its own asker, ends at its
 own `max_tokens` or stop token, and stops at the next token when its asker leaves. Different
 guilds' versions share a round through PEFT's mixed-adapter batches (`adapter_names`, one per
-row); `batching="grouped"` batches only one version at a time and `batching="off"` is the old
-one-question-at-a-time server, both kept for the benchmark (bench/serve_concurrency.py).
+row); `batching="grouped"` batches only one version at a time and `batching="off"` answers one
+question per round (the server before batching, same decoding), both kept for the benchmark
+(bench/serve_concurrency.py).
 
 Why rounds of `generate` and not a continuous-batching engine: transformers' own continuous
 batching (`generate_batch`, `ContinuousBatchingManager`) packs every request into one flattened
