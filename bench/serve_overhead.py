@@ -51,6 +51,57 @@ def timed_generate(model, inputs, stops, pad, tokens: int, device: str) -> tuple
     return stamps[0] - start, (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1) * 1000, len(stamps)
 
 
+def host_costs(device: str) -> tuple[float, float]:
+    """(µs per tiny kernel launch, µs per device-to-host round trip such as `.item()`) on `device`."""
+    import torch
+
+    x = torch.zeros(1, device=device)
+    for _ in range(50):
+        x.add_(1).item()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(2000):
+        x.add_(1)
+    sync()
+    launch = (time.perf_counter() - start) / 2000 * 1e6
+    start = time.perf_counter()
+    for _ in range(500):
+        x.item()
+    return launch, (time.perf_counter() - start) / 500 * 1e6
+
+
+def calls_per_token(model, inputs, stops, pad, device: str) -> tuple[float, float]:
+    """(ATen calls, device-to-host copies) per decoded token: a 33-token generate minus a 1-token one.
+    On a GPU each ATen call that computes is one kernel launch; each copy to the host waits for the GPU."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = self.to_host = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.calls += 1
+            first = args[0] if args else None
+            if isinstance(first, torch.Tensor) and first.device.type != "cpu" and (
+                    func is torch.ops.aten._local_scalar_dense.default
+                    or (isinstance(out, torch.Tensor) and out.device.type == "cpu")):
+                self.to_host += 1
+            return out
+
+    counts = []
+    for tokens in (1, 33):
+        counter = Count()
+        with torch.inference_mode(), counter:
+            model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                           eos_token_id=stops, pad_token_id=pad)
+        counts.append((counter.calls, counter.to_host))
+    return (counts[1][0] - counts[0][0]) / 32, (counts[1][1] - counts[0][1]) / 32
+
+
 async def timed_server(server, ver, messages, options) -> tuple[float, float, int]:
     stamps: list[float] = []
     start = time.perf_counter()
@@ -95,6 +146,12 @@ async def main(args) -> list[tuple[str, float, float, int]]:
         peft.eval()
         timed_generate(peft, inputs, stops, pad, args.tokens, device)
         rows.append(("bare generate, PEFT", *timed_generate(peft, inputs, stops, pad, args.tokens, device)))
+        calls, to_host = calls_per_token(peft, inputs, stops, pad, device)
+        launch_us, round_trip_us = host_costs(device)
+        print(f"PEFT decoding: {calls:.0f} ATen calls and {to_host:.1f} copies to the host per token; here a tiny "
+              f"kernel launch costs {launch_us:.1f} us and a round trip to the host {round_trip_us:.1f} us, so the "
+              f"host alone needs ~{(calls * launch_us + to_host * round_trip_us) / 1000:.1f} ms per token "
+              f"(launch cost x calls + round trips; Python between the calls comes on top)", flush=True)
         del peft, model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
