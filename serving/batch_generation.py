@@ -62,16 +62,25 @@ def sampling_key(options: GenerationOptions) -> tuple | None:
 
 
 class RowLimits(StoppingCriteria):
-    """Per-row end: the row's own token budget, or its asker went away."""
+    """Per-row end: the row's own token budget, or its asker went away.
+
+    Decided on the host from plain numbers; the steps where no row ends (nearly all of them) answer
+    with one all-false tensor made once on the model's device, so a step copies nothing to the GPU.
+    """
 
     def __init__(self, rows: list[Row], prompt_length: int):
         self.rows = rows
         self.prompt_length = prompt_length
+        self._none_done: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         produced = input_ids.shape[1] - self.prompt_length
         done = [produced >= row.max_tokens or row.stop.is_set() for row in self.rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        if any(done):
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        if self._none_done is None:
+            self._none_done = torch.zeros(len(self.rows), dtype=torch.bool, device=input_ids.device)
+        return self._none_done
 
 
 class RowStreams(BaseStreamer):
@@ -106,7 +115,7 @@ class RowStreams(BaseStreamer):
             if token in self.stop_ids:
                 self._end(index)
                 continue
-            self.pieces[index].put(torch.tensor([token]))
+            self.pieces[index].add([token])
             self.produced[index] += 1
             if self.produced[index] >= row.max_tokens:
                 self._end(index)
