@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.limits import MAX_DISCORD_ID, MIN_DISCORD_ID
 from trainer.config import TrainConfig
+from trainer.launch import SECRET_VARIABLES
 
 EMBEDDED_BASE_MODEL = "embedded:gemma-3-270m"
 ENV_FILE = ".env"
@@ -135,7 +136,7 @@ def _describe(error: dict) -> str:
     field = error["loc"][0] if error["loc"] else "?"
     alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
     value = error.get("input")
-    shown = "<hidden>" if alias in ("DISCORD_TOKEN", "VLLM_API_KEY") else repr(value)
+    shown = "<hidden>" if alias in SECRET_VARIABLES else repr(value)
     if alias == "GUILDTUNE_DB" and isinstance(value, str):
         from storage.engine_target import redact
 

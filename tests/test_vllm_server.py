@@ -265,3 +265,11 @@ async def test_settings_pick_vllm_with_its_key_and_folder_and_keep_the_key_out_o
     env = daemon_options(settings).job.to_env()  # what a training job process is handed
     assert "sk-vllm-secret" not in repr(env) and "VLLM_API_KEY" not in env and "DISCORD_TOKEN" not in env
     assert "sk-vllm-secret" not in repr(settings)
+
+
+def test_a_job_process_inherits_no_secret_from_the_environment():
+    from trainer.launch import inherited_environment
+
+    parent = {"PATH": "/usr/bin", "DISCORD_TOKEN": "discord-secret", "VLLM_API_KEY": "sk-vllm-secret",
+              "GUILDTUNE_DB": "/data/g.db", "HF_HOME": "/cache"}
+    assert inherited_environment(parent) == {"PATH": "/usr/bin", "HF_HOME": "/cache"}

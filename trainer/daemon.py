@@ -25,7 +25,7 @@ from storage.ownership import Owner
 from storage.records import TrainingRun
 from storage.schedule import parse_schedule
 from trainer.job import JobOptions, version_dirs
-from trainer.launch import LaunchError, LaunchOptions, job_command
+from trainer.launch import LaunchError, LaunchOptions, inherited_environment, job_command
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class TrainerDaemon:
 
     async def run_job_process(self, run: TrainingRun) -> int:
         """Run the child and wait; cancel it through the database flag, kill it if it ignores that."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GUILDTUNE_") and k != "DISCORD_TOKEN"}
+        env = inherited_environment(os.environ)
         env.update(self.options.job.to_env())
         try:  # one process, or accelerate's launcher of one per GPU (trainer/launch.py)
             argv, launch_env = job_command(run.id, self.options.launch)

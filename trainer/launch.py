@@ -26,12 +26,22 @@ from typing import TYPE_CHECKING, Mapping
 
 from trainer.estimate import per_gpu_bytes
 
+
 if TYPE_CHECKING:
     from trainer.estimate import MemoryEstimate
 
 log = logging.getLogger("trainer.launch")
 
 GIB = 2**30
+
+#: Secrets a training job never needs: they stay out of its environment (its crash output can be shown).
+SECRET_VARIABLES = ("DISCORD_TOKEN", "VLLM_API_KEY")
+
+
+def inherited_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """What a job process inherits: the parent's environment without guildtune's own settings (the job
+    gets its options as JSON) and without secrets."""
+    return {k: v for k, v in parent.items() if not k.startswith("GUILDTUNE_") and k not in SECRET_VARIABLES}
 #: The variable through which a launch tells every rank's job whether its base is 4-bit (`LaunchPlan.env`).
 QLORA_ENV = "GUILDTUNE_QLORA"
 STRATEGIES = ("single", "ddp", "fsdp", "ddp_qlora")
