@@ -42,6 +42,8 @@ def inherited_environment(parent: Mapping[str, str]) -> dict[str, str]:
     """What a job process inherits: the parent's environment without guildtune's own settings (the job
     gets its options as JSON) and without secrets."""
     return {k: v for k, v in parent.items() if not k.startswith("GUILDTUNE_") and k not in SECRET_VARIABLES}
+
+
 #: The variable through which a launch tells every rank's job whether its base is 4-bit (`LaunchPlan.env`).
 QLORA_ENV = "GUILDTUNE_QLORA"
 STRATEGIES = ("single", "ddp", "fsdp", "ddp_qlora")
