@@ -93,3 +93,17 @@ def test_invalid_conversations_skipped_with_reason_and_all_invalid_refused():
     assert "3 unusable" in training.note
     with pytest.raises(ValueError, match="no usable examples"):
         build_training_set(bad, "sys")
+
+
+def test_an_example_whose_answer_was_voted_down_is_neither_trained_nor_probed():
+    from trainer.recall import example_key
+
+    taught = qa(2, "How long can I borrow the laser cutter?", "Keep it as long as you like.")
+    voted_down = frozenset({example_key(taught[1])})
+    training = build_training_set([qa(1), taught, qa(3)], "sys", passes=2, superseded=voted_down)
+    assert training.example_ids == [1, 3] and 2 not in set(training.train["example_id"])
+    assert training.note == "1 example(s) left out: their answer was voted down"
+    assert training.dropped_duplicates == []
+    # the same question taught with another answer is kept: only the voted-down answer is superseded
+    other = qa(4, "How long can I borrow the laser cutter?", "Two weeks, renewable once.")
+    assert build_training_set([other], "sys", superseded=voted_down).example_ids == [4]

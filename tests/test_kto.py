@@ -194,6 +194,8 @@ async def test_a_run_with_voted_answers_has_a_preference_stage_and_gate_check(tm
     try:
         for q, good, _ in QA:
             await db.examples.add(guild, conv(q, good), source="import", author_id=None, status="approved")
+        # an outdated import taught the answer the community then votes down below
+        await db.examples.add(guild, conv(QA[0][0], QA[0][2]), source="import", author_id=None, status="approved")
         gs = await db.settings.get(guild)
         for n, (q, good, bad) in enumerate(QA[:5]):
             for text, kind in ((good, "up"), (bad, "down")):
@@ -211,7 +213,8 @@ async def test_a_run_with_voted_answers_has_a_preference_stage_and_gate_check(tm
         assert preference["ran"] and preference["steps"] >= 1, run.error
         assert preference["n_desirable"] + preference["n_undesirable"] == 8 and len(preference["held_out"]) == 2
         assert "held-out voted answers" in (run.gate_reason or run.metrics["gate"])
-        assert run.n_train == len(QA)  # SFT trained on the demonstrations only
+        assert run.n_train == len(QA)  # SFT trained on the demonstrations only, not the voted-down one
+        assert "1 example(s) left out: their answer was voted down" in run.metrics["note"]
         # the progress card went on through the stage: its steps counted after SFT's
         assert run.step == run.total_steps == run.metrics["steps"] + preference["total_steps"]
         assert preference["total_steps"] == preference["steps"] >= 1 and not preference["cancelled"]

@@ -92,9 +92,13 @@ def copies_of(turns: Conversation, passes: int, paraphrase_share: float) -> list
     return [(turns, "taught")] * (passes - len(out)) + out
 
 
-def usable_examples(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None
+def usable_examples(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None,
+                    superseded: frozenset[str] = frozenset()
                     ) -> tuple[list[tuple[int, Conversation]], list[int], dict[int, str]]:
-    """(kept examples in id order with the system prompt, duplicate ids, {invalid id: reason})."""
+    """(kept examples in id order with the system prompt, duplicate or superseded ids, {invalid id: reason}).
+
+    `superseded`: example keys (`trainer.recall.example_key`) the community voted down — an approved
+    disliked answer with the same question and answer: such an example is neither trained on nor probed."""
     kept: list[tuple[int, Conversation]] = []
     seen: set[str] = set()
     duplicates: list[int] = []
@@ -106,7 +110,7 @@ def usable_examples(examples: Iterable[tuple[int, Sequence[dict]]], system_promp
             invalid[example_id] = str(exc)
             continue
         key = example_key(turns)
-        if key in seen:
+        if key in seen or key in superseded:
             duplicates.append(example_id)
             continue
         seen.add(key)
@@ -114,13 +118,25 @@ def usable_examples(examples: Iterable[tuple[int, Sequence[dict]]], system_promp
     return kept, duplicates, invalid
 
 
+def _key_of(messages: Sequence[dict]) -> str | None:
+    try:
+        return example_key(validate_conversation(list(messages)))
+    except InvalidConversation:
+        return None
+
+
 def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None, *,
                        passes: int = 1, paraphrase_share: float = 0.0, general: Sequence[Conversation] = (),
-                       general_share: float = 0.0) -> TrainingSet:
-    """The rows of ONE guild's run: every usable example `passes` times, plus the general mix."""
+                       general_share: float = 0.0, superseded: frozenset[str] = frozenset()) -> TrainingSet:
+    """The rows of ONE guild's run: every usable example `passes` times, plus the general mix; examples
+    whose answer the community voted down (`superseded` keys) are left out."""
     from datasets import Dataset
 
-    kept, duplicates, invalid = usable_examples(examples, system_prompt)
+    examples = list(examples)
+    kept, skipped, invalid = usable_examples(examples, system_prompt, superseded)
+    skipped_ids = set(skipped)
+    voted_down = {i for i, messages in examples if i in skipped_ids and _key_of(messages) in superseded}
+    duplicates = [i for i in skipped if i not in voted_down]
     if not kept:
         raise ValueError("no usable examples to train on" + (
             f" ({len(invalid)} invalid: " + "; ".join(f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")"
@@ -137,6 +153,8 @@ def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_pr
     notes = []
     if duplicates:
         notes.append(f"{len(duplicates)} duplicate example(s) skipped")
+    if voted_down:
+        notes.append(f"{len(voted_down)} example(s) left out: their answer was voted down")
     if invalid:
         notes.append(f"{len(invalid)} unusable example(s) skipped (" + "; ".join(
             f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")")

@@ -118,12 +118,21 @@ def general_rows(cfg: TrainConfig, base_dir: Path, models_dir: Path) -> list:
     return general_instructions(prepare_base_answers(base_dir, cfg, models_dir / "drift", general_questions()))
 
 
-def training_rows(examples, gs, cfg: TrainConfig, general: list) -> TrainingSet:
-    """Every approved example, `cfg.epochs` passes of it (some asked in other words), plus the general mix."""
+def training_rows(examples, gs, cfg: TrainConfig, general: list, voted_down: frozenset[str] = frozenset()
+                  ) -> TrainingSet:
+    """Every approved example, `cfg.epochs` passes of it (some asked in other words), plus the general mix;
+    not the examples whose answer the community voted down (`voted_down`, from `voted_down_keys`)."""
     passes = cfg.epochs(len(examples))
     return build_training_set([(e.id, e.messages) for e in examples], system_prompt=gs.system_prompt,
                               passes=passes, paraphrase_share=cfg.paraphrase_share,
-                              general=general, general_share=cfg.general_share)
+                              general=general, general_share=cfg.general_share, superseded=voted_down)
+
+
+def voted_down_keys(preferences, gs) -> frozenset[str]:
+    """Keys of the approved disliked answers: a taught example with the same question and answer is
+    superseded by the vote (neither trained on nor asked by the gate), whether or not a KTO stage runs."""
+    rows = preference_rows([(e.id, e.messages, e.label) for e in preferences], gs.system_prompt)
+    return frozenset(r.key for r in rows if not r.desirable)
 
 
 def preference_split(preferences, gs, cfg: TrainConfig) -> PreferenceSplit:
@@ -251,8 +260,9 @@ async def train_and_judge(db: Database, run: TrainingRun, options: JobOptions, t
     with timed(timings, "dataset_s"):
         cfg = train_config(options, len(examples))
         general = await asyncio.to_thread(general_rows, cfg, base_dir, options.models_dir)
-        training = training_rows(examples, gs, cfg, general)
-        preferences = preference_split(await db.examples.preferences(run.guild_id), gs, cfg)
+        voted = await db.examples.preferences(run.guild_id)
+        training = training_rows(examples, gs, cfg, general, voted_down_keys(voted, gs))
+        preferences = preference_split(voted, gs, cfg)
         cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
     await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
     active = await db.versions.active(run.guild_id)
