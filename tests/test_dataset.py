@@ -107,3 +107,18 @@ def test_an_example_whose_answer_was_voted_down_is_neither_trained_nor_probed():
     # the same question taught with another answer is kept: only the voted-down answer is superseded
     other = qa(4, "How long can I borrow the laser cutter?", "Two weeks, renewable once.")
     assert build_training_set([other], "sys", superseded=voted_down).example_ids == [4]
+
+
+def test_the_passes_follow_the_examples_trained_not_those_left_out():
+    from types import SimpleNamespace
+
+    from trainer.config import TrainConfig
+    from trainer.job import training_rows
+    from trainer.recall import example_key
+
+    examples = [SimpleNamespace(id=i, messages=qa(i)[1]) for i in range(1, 31)]
+    voted_down = frozenset(example_key(qa(i)[1]) for i in range(1, 16))  # half of them voted down
+    cfg = TrainConfig.for_dataset(30, general_share=0, paraphrase_share=0)
+    training = training_rows(examples, SimpleNamespace(system_prompt=None), cfg, [], voted_down)
+    assert training.example_ids == list(range(16, 31))
+    assert len(training.train) == 15 * cfg.epochs(15) and cfg.epochs(15) > cfg.epochs(30)
