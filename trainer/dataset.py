@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from storage.conversation import InvalidConversation, validate_conversation
 from trainer.paraphrase import training_variants
@@ -92,51 +92,55 @@ def copies_of(turns: Conversation, passes: int, paraphrase_share: float) -> list
     return [(turns, "taught")] * (passes - len(out)) + out
 
 
+@dataclass
+class UsableExamples:
+    """What `usable_examples` kept (in id order, with the system prompt) and what it left out, and why."""
+
+    kept: list[tuple[int, Conversation]]
+    duplicates: list[int]
+    #: ids of examples whose answer the community voted down (see `superseded`)
+    voted_down: list[int]
+    #: {id: reason}
+    invalid: dict[int, str]
+
+
 def usable_examples(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None,
-                    superseded: frozenset[str] = frozenset()
-                    ) -> tuple[list[tuple[int, Conversation]], list[int], dict[int, str]]:
-    """(kept examples in id order with the system prompt, duplicate or superseded ids, {invalid id: reason}).
+                    superseded: frozenset[str] = frozenset()) -> UsableExamples:
+    """The examples a run can use: valid by storage's rule, not duplicated, not superseded.
 
     `superseded`: example keys (`trainer.recall.example_key`) the community voted down — an approved
     disliked answer with the same question and answer: such an example is neither trained on nor probed."""
-    kept: list[tuple[int, Conversation]] = []
+    usable = UsableExamples([], [], [], {})
     seen: set[str] = set()
-    duplicates: list[int] = []
-    invalid: dict[int, str] = {}
     for example_id, messages in sorted(examples, key=lambda pair: pair[0]):
         try:
             turns = validate_conversation(list(messages))
         except InvalidConversation as exc:
-            invalid[example_id] = str(exc)
+            usable.invalid[example_id] = str(exc)
             continue
         key = example_key(turns)
-        if key in seen or key in superseded:
-            duplicates.append(example_id)
-            continue
-        seen.add(key)
-        kept.append((example_id, with_system_prompt(turns, system_prompt)))
-    return kept, duplicates, invalid
-
-
-def _key_of(messages: Sequence[dict]) -> str | None:
-    try:
-        return example_key(validate_conversation(list(messages)))
-    except InvalidConversation:
-        return None
+        if key in superseded:
+            usable.voted_down.append(example_id)
+        elif key in seen:
+            usable.duplicates.append(example_id)
+        else:
+            seen.add(key)
+            usable.kept.append((example_id, with_system_prompt(turns, system_prompt)))
+    return usable
 
 
 def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None, *,
-                       passes: int = 1, paraphrase_share: float = 0.0, general: Sequence[Conversation] = (),
-                       general_share: float = 0.0, superseded: frozenset[str] = frozenset()) -> TrainingSet:
-    """The rows of ONE guild's run: every usable example `passes` times, plus the general mix; examples
-    whose answer the community voted down (`superseded` keys) are left out."""
+                       passes: int | Callable[[int], int] = 1, paraphrase_share: float = 0.0,
+                       general: Sequence[Conversation] = (), general_share: float = 0.0,
+                       superseded: frozenset[str] = frozenset()) -> TrainingSet:
+    """The rows of ONE guild's run: every usable example `passes` times (or `passes(number kept)`), plus the
+    general mix; examples whose answer the community voted down (`superseded` keys) are left out."""
     from datasets import Dataset
 
-    examples = list(examples)
-    kept, skipped, invalid = usable_examples(examples, system_prompt, superseded)
-    skipped_ids = set(skipped)
-    voted_down = {i for i, messages in examples if i in skipped_ids and _key_of(messages) in superseded}
-    duplicates = [i for i in skipped if i not in voted_down]
+    usable = usable_examples(examples, system_prompt, superseded)
+    kept, duplicates, invalid = usable.kept, usable.duplicates, usable.invalid
+    if callable(passes):
+        passes = passes(len(kept))
     if not kept:
         raise ValueError("no usable examples to train on" + (
             f" ({len(invalid)} invalid: " + "; ".join(f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")"
@@ -153,8 +157,8 @@ def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_pr
     notes = []
     if duplicates:
         notes.append(f"{len(duplicates)} duplicate example(s) skipped")
-    if voted_down:
-        notes.append(f"{len(voted_down)} example(s) left out: their answer was voted down")
+    if usable.voted_down:
+        notes.append(f"{len(usable.voted_down)} example(s) left out: their answer was voted down")
     if invalid:
         notes.append(f"{len(invalid)} unusable example(s) skipped (" + "; ".join(
             f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")")

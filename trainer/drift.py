@@ -116,7 +116,8 @@ def reference(model: Any, tokenizer: Any, base_dir: str | Path, system_prompt: s
     from trainer.sft import mean_token_nll
 
     prompts = drift_prompts()
-    conversations = as_conversations(prompts, base_answers(model, tokenizer, base_dir, prompts, cache_dir), system_prompt)
+    answers = base_answers(model, tokenizer, base_dir, prompts, cache_dir)
+    conversations = as_conversations(prompts, answers, system_prompt)
     if not conversations:
         raise RuntimeError("the base model gave no answer to any drift prompt; cannot measure drift")
     path = _cache_path(Path(cache_dir), base_dir, "drift", [system_prompt or "", prompts])
@@ -136,11 +137,12 @@ def prepare_base_answers(base_dir: str | Path, cfg: Any, cache_dir: Path, genera
     from trainer.sft import evaluation_model
 
     wanted = [general_questions, drift_prompts()]
-    if any(cached_base_answers(base_dir, prompts, cache_dir) is None for prompts in wanted):
+    cached = [cached_base_answers(base_dir, prompts, cache_dir) for prompts in wanted]
+    if any(answers is None for answers in cached):
         with evaluation_model(base_dir, None, cfg) as (model, tokenizer):
-            for prompts in wanted:
-                base_answers(model, tokenizer, base_dir, prompts, cache_dir)
-    return cached_base_answers(base_dir, general_questions, cache_dir)
+            cached = [answers if answers is not None else base_answers(model, tokenizer, base_dir, prompts, cache_dir)
+                      for prompts, answers in zip(wanted, cached)]
+    return cached[0]
 
 
 def relative_drift(model: Any, tokenizer: Any, ref: DriftReference, max_length: int, batch_size: int

@@ -27,8 +27,7 @@ from storage.db import Database
 from storage.records import Example, ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
-from trainer.dataset import (TrainingSet, build_training_set, general_instructions, general_questions,
-                             usable_examples)
+from trainer.dataset import TrainingSet, build_training_set, general_instructions, general_questions
 from trainer.gate import Evidence, GoldenCheck, decide
 from trainer.drift import prepare_base_answers
 from trainer.kto import (PreferenceSplit, StagedProgress, preference_rows, split_preferences,
@@ -123,9 +122,8 @@ def training_rows(examples, gs, cfg: TrainConfig, general: list, voted_down: fro
                   ) -> TrainingSet:
     """Every approved example, `cfg.epochs` passes of it (some asked in other words), plus the general mix;
     not the examples whose answer the community voted down (`voted_down`, from `voted_down_keys`)."""
-    pairs = [(e.id, e.messages) for e in examples]
-    kept, _, _ = usable_examples(pairs, gs.system_prompt, voted_down)  # the passes follow what is trained
-    return build_training_set(pairs, system_prompt=gs.system_prompt, passes=cfg.epochs(len(kept)),
+    return build_training_set([(e.id, e.messages) for e in examples], system_prompt=gs.system_prompt,
+                              passes=cfg.epochs,  # the passes follow the examples kept
                               paraphrase_share=cfg.paraphrase_share, general=general,
                               general_share=cfg.general_share, superseded=voted_down)
 

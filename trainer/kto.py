@@ -78,7 +78,7 @@ def preference_rows(examples: Iterable[tuple[int, Sequence[dict], str]], system_
     for example_id, messages, label in examples:
         labels[example_id] = label
         pairs.append((example_id, messages))
-    kept, _, _ = usable_examples(pairs, system_prompt)
+    kept = usable_examples(pairs, system_prompt).kept
     return [PreferenceRow(i, example_key(turns), turns[:-1], turns[-1]["content"], labels[i] == "desirable")
             for i, turns in kept]
 
