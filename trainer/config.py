@@ -110,6 +110,14 @@ class TrainConfig:
     general_share: float = field(default=0.15, metadata={
         "help": "Share of the rows taken from the shipped general instructions (trainer/data/), so learning "
                 "the community's facts does not wreck the model's other answers. 0 turns it off."})
+    review_rounds: int = field(default=2, metadata={
+        "help": "After the scheduled passes, rounds of more training on the taught answers the model does not yet "
+                "reproduce word for word (trainer/review.py); 0 turns the review off."})
+    review_passes: int = field(default=2, metadata={
+        "help": "Copies of each missed example a review round trains on (paraphrase_share of them in other words)."})
+    review_max_share: float = field(default=0.25, metadata={
+        "help": "The review rounds' steps in all, at most this share of the scheduled steps: a large import whose "
+                "long answers are not word-perfect after one pass is not trained over again."})
     general_answers: Literal["base", "written"] = field(default="base", metadata={
         "help": "Answers of the general rows: 'base' = the base model's own greedy answers (made once per base "
                 "and cached; replaying them keeps the version close to the base elsewhere), 'written' = the "
@@ -163,6 +171,9 @@ class TrainConfig:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
         if not 0 <= self.paraphrase_share <= 1:
             problems.append(f"paraphrase_share={self.paraphrase_share} must be between 0 and 1")
+        if self.review_rounds < 0 or self.review_passes < 1 or not 0 <= self.review_max_share <= 1:
+            problems.append(f"need review_rounds >= 0 ({self.review_rounds}), review_passes >= 1 "
+                            f"({self.review_passes}) and review_max_share between 0 and 1 ({self.review_max_share})")
         if self.general_answers not in ("base", "written"):
             problems.append(f"general_answers={self.general_answers!r}: allowed base, written")
         if not 0 <= self.general_share < 1:
