@@ -25,7 +25,7 @@ disliked answer's text; `taught_recall` on the learning facts. Written under "pr
 device's entry. Target: SFT+KTO's disliked_rate <= 1/3 of SFT-only's, taught recall and drift kept.
 
 Usage: python bench/learning_quality.py [--device cpu|cuda] [--facts N] [--models-dir DIR] [--base MODEL]
-                                        [--preference [--preference-facts N] [--max-steps N]]
+                                        [--preference [--preference-facts N] [--max-steps N] [--kto-config JSON]]
 """
 from __future__ import annotations
 
@@ -266,7 +266,7 @@ async def run_preference(args) -> dict:
     server = LocalServer(base_model_dir(settings), device=args.device)
     result: dict = {"n_questions": len(questions), "n_facts": len(facts), "n_preference_examples": approved}
     try:
-        for name, train_config in (("sft_only", {"min_preference_examples": 10**6}), ("sft_kto", {})):
+        for name, train_config in (("sft_only", {"min_preference_examples": 10**6}), ("sft_kto", args.kto_config)):
             os.environ["GUILDTUNE_TRAIN_CONFIG"] = json.dumps(train_config)
             before = await db.versions.active(GUILD)
             t0 = time.perf_counter()
@@ -275,13 +275,14 @@ async def run_preference(args) -> dict:
             if code != 0 or version is None or (before is not None and version.id == before.id):
                 [last] = (await db.runs.list(GUILD, limit=1)) or [None]
                 result[name] = {"published": False, "gate": getattr(last, "gate_reason", None),
-                                "error": getattr(last, "error", None)}
+                                "error": getattr(last, "error", None), "config": train_config}
                 continue
             result[name] = {"published": True, "train_s": time.perf_counter() - t0,
                             **await preference_scores(server, version, gs, questions, facts, base_model_dir(settings),
                                                       args.device)}
             if "preference" in version.metrics:
                 result[name]["stage"] = version.metrics["preference"]
+            result[name]["config"] = train_config
     finally:
         os.environ.pop("GUILDTUNE_TRAIN_CONFIG", None)
         await server.close()
@@ -318,6 +319,8 @@ def main() -> None:
     parser.add_argument("--preference-file", default=str(REPO / "bench" / "data" / "preference_facts.json"))
     parser.add_argument("--preference-facts", type=int, default=None, help="use only the first N preference questions")
     parser.add_argument("--max-steps", type=int, default=None, help="cap SFT and KTO steps (quick checks only)")
+    parser.add_argument("--kto-config", type=json.loads, default={},
+                        help='TrainConfig fields for the SFT + KTO run, as JSON (e.g. \'{"kto_epochs": 3}\')')
     args = parser.parse_args()
     key = "gpu" if args.device == "cuda" else "cpu"
     out = Path(args.out)

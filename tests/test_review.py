@@ -97,7 +97,8 @@ def test_the_review_takes_at_most_its_share_of_the_steps(tiny_model_dir, tmp_pat
     assert sum(r["steps"] for r in result.review) == 2 and result.steps == scheduled + 2
 
 
-@pytest.mark.parametrize("field,value", [("review_rounds", -1), ("review_passes", 0), ("review_max_share", 1.5)])
+@pytest.mark.parametrize("field,value", [("review_rounds", -1), ("review_passes", 0), ("review_max_share", 1.5),
+                                         ("review_lr_scale", 0)])
 def test_bad_review_settings_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -110,3 +111,21 @@ def test_a_packed_run_packs_its_review_rows_too(tiny_model_dir, tmp_path):
     result = run_sft(tiny_model_dir, training.train, cfg, tmp_path / "out")
     assert result.plan["packing"] and result.review and result.review[0]["steps"] > 0
     assert result.steps == cfg.total_steps(16) + sum(r["steps"] for r in result.review)
+
+
+def test_a_round_carries_the_optimizers_moments_on_at_its_own_peak(tiny_model_dir, tmp_path):
+    """A fresh Adam would move every weight by the full learning rate at once; the round continues the run's."""
+    from trainer.review import run_review
+
+    training = build_training_set(facts(8), SYSTEM, passes=1)
+    cfg = cfg_for(8, num_epochs=1, per_device_batch_size=2, review_rounds=1, review_lr_scale=0.5)
+    prepared = prepare_trainer(tiny_model_dir, training.train, cfg, tmp_path / "w")
+    prepared.trainer.train()
+    torch_optimizer = prepared.trainer.optimizer.optimizer
+    before = {id(p): int(s["step"]) for p, s in torch_optimizer.state.items()}
+    rounds = run_review(prepared, training.train, cfg, 3, on_round_start=lambda steps: None, cancelled=lambda: False)
+    assert rounds and rounds[0].steps == 3
+    after = prepared.trainer.optimizer.optimizer
+    assert after is torch_optimizer  # the same optimizer, wrapped once again by the Trainer
+    assert all(int(after.state[p]["step"]) == before[id(p)] + 3 for p in after.state if id(p) in before)
+    assert all(g["initial_lr"] == cfg.learning_rate * 0.5 for g in after.param_groups)

@@ -115,6 +115,9 @@ class TrainConfig:
                 "reproduce word for word (trainer/review.py); 0 turns the review off."})
     review_passes: int = field(default=2, metadata={
         "help": "Copies of each missed example a review round trains on (paraphrase_share of them in other words)."})
+    review_lr_scale: float = field(default=1.0, metadata={
+        "help": "Peak learning rate of a review round, as a share of learning_rate (the optimizer's moments carry on "
+                "from the scheduled passes)."})
     review_max_share: float = field(default=0.25, metadata={
         "help": "The review rounds' steps in all, at most this share of the scheduled steps: a large import whose "
                 "long answers are not word-perfect after one pass is not trained over again."})
@@ -171,6 +174,8 @@ class TrainConfig:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
         if not 0 <= self.paraphrase_share <= 1:
             problems.append(f"paraphrase_share={self.paraphrase_share} must be between 0 and 1")
+        if self.review_lr_scale <= 0:
+            problems.append(f"review_lr_scale={self.review_lr_scale} must be > 0")
         if self.review_rounds < 0 or self.review_passes < 1 or not 0 <= self.review_max_share <= 1:
             problems.append(f"need review_rounds >= 0 ({self.review_rounds}), review_passes >= 1 "
                             f"({self.review_passes}) and review_max_share between 0 and 1 ({self.review_max_share})")

@@ -7,7 +7,8 @@ each token of its answer is the model's first choice given the question and the 
 which is exactly when a greedy answer to the taught question starts with the taught answer. The
 examples not reproduced get `review_passes` more copies each (some asked in other words, as in the
 main passes) with the general mix's share of replayed rows, trained as a short run of their own
-(a fresh optimizer and schedule, no warm-up); then they are checked again, for up to
+(the run's optimizer, its moments kept, restarted at `review_lr_scale` of the learning rate on a new
+schedule without warm-up); then they are checked again, for up to
 `review_rounds` rounds. Only the examples missed are trained again, so a round costs a few steps,
 not another pass over everything; and all rounds together take at most `review_max_share` of the
 scheduled steps, so a large import of long answers (rarely word-perfect after one pass) is not
@@ -104,6 +105,19 @@ def review_rows(train_ds: "Dataset", examples: dict[int, Conversation], missed: 
                               "kind": [k for _, _, k in rows]})
 
 
+def restarted(optimizer, peak_lr: float):
+    """The run's optimizer, unwrapped from accelerate's wrapper (the Trainer wraps it again), its moments kept,
+    restarting at `peak_lr`; and no scheduler (the Trainer makes one for the round).
+
+    The moments matter: a fresh Adam's first steps move every adapter weight by the full learning rate
+    whatever its gradient, which wrecked what the passes had taught (measured: 24 of 48 answers word-perfect
+    before a round with a fresh optimizer, 0 of 48 after it)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = peak_lr
+    return optimizer, None
+
+
 def run_review(prepared, train_ds: "Dataset", cfg: TrainConfig, step_budget: int,
                on_round_start: Callable[[int], None], cancelled: Callable[[], bool]) -> list[ReviewRound]:
     """Up to `cfg.review_rounds` rounds on `prepared.trainer` after its scheduled passes (see the module).
@@ -141,7 +155,7 @@ def run_review(prepared, train_ds: "Dataset", cfg: TrainConfig, step_budget: int
         trainer.train_dataset = rows
         trainer.args.max_steps = steps
         trainer.args.warmup_steps = 0
-        trainer.optimizer, trainer.lr_scheduler = None, None  # a short run of its own: fresh optimizer and schedule
+        trainer.optimizer, trainer.lr_scheduler = restarted(trainer.optimizer, cfg.learning_rate * cfg.review_lr_scale)
         trainer.train()
         checking = {i: examples[i] for i in missed}
     return rounds
