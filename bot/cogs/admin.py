@@ -1,8 +1,9 @@
 """Moderator administration: `/retrain`, `/model`, `/dataset`, `/config` (the training progress
 messages have their own cog: bot/cogs/training_progress.py).
 
-Every command checks the caller when it runs (`@moderator_only()`): hiding commands is not security. `/config show` is the exception: it changes nothing,
-and the refusal text points members to it to find out who the moderators are.
+Every command checks the caller when it runs (`@moderator_only()`): hiding commands is not security.
+`/config show` is the exception: it changes nothing, and the refusal text points members to it to
+find out who the moderators are.
 """
 from __future__ import annotations
 
