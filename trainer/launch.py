@@ -24,15 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from trainer.estimate import per_gpu_bytes
-
+from trainer.estimate import GiB, per_gpu_bytes
 
 if TYPE_CHECKING:
     from trainer.estimate import MemoryEstimate
 
 log = logging.getLogger("trainer.launch")
-
-GIB = 2**30
 
 #: Secrets a training job never needs: they stay out of its environment (its crash output can be shown).
 SECRET_VARIABLES = ("DISCORD_TOKEN", "VLLM_API_KEY")
@@ -128,7 +125,7 @@ def choose_strategy(processes: int, lora: "MemoryEstimate", qlora: "MemoryEstima
     from trainer.plan import FIT_FRACTION
 
     usable = FIT_FRACTION * capacity_gib
-    replicated, sharded = lora.total_bytes / GIB, per_gpu_bytes(lora, processes) / GIB
+    replicated, sharded = lora.total_bytes / GiB, per_gpu_bytes(lora, processes) / GiB
     if qlora_setting == "on":
         return "ddp_qlora", ("QLoRA configured: a 4-bit base on each GPU, DDP on the LoRA weights "
                              "(bitsandbytes 4-bit weights cannot be sharded)")
@@ -137,7 +134,7 @@ def choose_strategy(processes: int, lora: "MemoryEstimate", qlora: "MemoryEstima
     if sharded <= usable:
         return "fsdp", (f"FSDP: ~{replicated:.1f} GiB replicated > {usable:.1f} GiB usable per GPU; sharded over "
                         f"{processes} GPUs ~{sharded:.1f} GiB each")
-    quantized = qlora.total_bytes / GIB
+    quantized = qlora.total_bytes / GiB
     if qlora_setting == "auto" and bitsandbytes and quantized <= usable:
         return "ddp_qlora", (f"QLoRA with DDP: ~{sharded:.1f} GiB per GPU even sharded > {usable:.1f} GiB usable; "
                              f"a 4-bit base needs ~{quantized:.1f} GiB")
@@ -169,7 +166,7 @@ def plan_launch(options: LaunchOptions) -> LaunchPlan:
               gradient_checkpointing=True, models_dir=options.models_dir)
     lora = estimate_memory(options.base_model, "lora", **kw)
     qlora = estimate_memory(options.base_model, "qlora", **kw)
-    capacity = min(torch.cuda.get_device_properties(i).total_memory for i in range(n)) / GIB
+    capacity = min(torch.cuda.get_device_properties(i).total_memory for i in range(n)) / GiB
     if options.memory_cap_gib is not None:
         capacity = min(capacity, options.memory_cap_gib)
     strategy, reason = choose_strategy(n, lora, qlora, capacity, options.qlora,
