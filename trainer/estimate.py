@@ -205,7 +205,8 @@ def estimate_for_shape(shape: ModelShape, method: Method, *, label: str, seq_len
         full_layer += batch * shape.heads * seq_len * seq_len * activation_bytes
     if checkpointing:
         kept = min(layers_without_checkpointing, shape.layers)
-        activations = (kept * full_layer + (shape.layers - kept) * tokens * shape.hidden * activation_bytes
+        activations = (kept * full_layer
+                       + (shape.layers - kept) * tokens * checkpointed_bytes_per_token_layer(shape, activation_bytes)
                        + full_layer)  # + the layer being recomputed
     else:
         activations = shape.layers * full_layer
@@ -227,6 +228,11 @@ def activation_bytes_per_token_layer(shape: ModelShape, activation_bytes: int = 
     fitted to the H100 peak without checkpointing, 7.41 GiB measured vs 6.3 from the shapes alone)."""
     return int(PEFT_CAST_FACTOR * activation_bytes
                * (4 * shape.hidden + 2 * (shape.q_dim + 2 * shape.kv_dim) + 4 * shape.intermediate))
+
+
+def checkpointed_bytes_per_token_layer(shape: ModelShape, activation_bytes: int = 2) -> int:
+    """Bytes a checkpointed block keeps per token: only its input (h values); the rest is recomputed."""
+    return shape.hidden * activation_bytes
 
 
 def per_gpu_bytes(est: MemoryEstimate, shards: int) -> float:

@@ -28,8 +28,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from trainer.estimate import (GiB, activation_bytes_per_token_layer, estimate_for_shape, model_shape,
-                              per_gpu_bytes)
+from trainer.estimate import (GiB, activation_bytes_per_token_layer, checkpointed_bytes_per_token_layer,
+                              estimate_for_shape, model_shape, per_gpu_bytes)
 from trainer.packing import ATTN_IMPLEMENTATION, static_row_len
 
 if TYPE_CHECKING:
@@ -282,4 +282,5 @@ class _Memory:
     def layer_gib(self, layout: _Layout) -> float:
         """What keeping one more layer's activations costs over checkpointing it."""
         tokens = layout.seq_len * layout.batch
-        return (activation_bytes_per_token_layer(self.shape) - 2 * self.shape.hidden) * tokens / GiB
+        return (activation_bytes_per_token_layer(self.shape)
+                - checkpointed_bytes_per_token_layer(self.shape)) * tokens / GiB
