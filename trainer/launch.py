@@ -160,15 +160,15 @@ def plan_launch(options: LaunchOptions) -> LaunchPlan:
 
     from trainer.config import TrainConfig
     from trainer.estimate import estimate_memory
+    from trainer.plan import gpu_budget_gib
 
     cfg = TrainConfig().for_processes(n)
     kw = dict(seq_len=cfg.max_length, batch_size=cfg.per_device_batch_size, lora_r=cfg.lora_r,
               gradient_checkpointing=True, models_dir=options.models_dir)
     lora = estimate_memory(options.base_model, "lora", **kw)
     qlora = estimate_memory(options.base_model, "qlora", **kw)
-    capacity = min(torch.cuda.get_device_properties(i).total_memory for i in range(n)) / GiB
-    if options.memory_cap_gib is not None:
-        capacity = min(capacity, options.memory_cap_gib)
+    capacity = gpu_budget_gib(min(torch.cuda.get_device_properties(i).total_memory for i in range(n)),
+                              options.memory_cap_gib)
     strategy, reason = choose_strategy(n, lora, qlora, capacity, options.qlora,
                                        importlib.util.find_spec("bitsandbytes") is not None)
     return LaunchPlan(n, strategy, "cuda", (reason,))

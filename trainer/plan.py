@@ -109,6 +109,12 @@ class Plan:
         return asdict(self)
 
 
+def gpu_budget_gib(gpu_total_bytes: float, memory_cap_gib: float | None) -> float:
+    """The GPU memory a run may fill (GiB): the GPU's, or `memory_cap_gib` when that is smaller."""
+    gib = gpu_total_bytes / GiB
+    return gib if memory_cap_gib is None else min(gib, memory_cap_gib)
+
+
 def usable_gib(capacity_gib: float, memory_cap_gib: float | None = None) -> float:
     """The memory an estimate may fill before checkpointing turns on (see BUDGET_FRACTION / CAP_FRACTION)."""
     if memory_cap_gib is not None and memory_cap_gib <= capacity_gib:
@@ -126,11 +132,7 @@ def plan(cfg: "TrainConfig", model_config, machine: Machine, *, lengths: Sequenc
     device, bf16 = _device_and_dtype(cfg, machine)
     reasons.append(f"{'bf16' if bf16 else 'fp32'} on {device}")
     attn = cfg.attn_implementation or ("eager" if model_type.startswith("gemma") else "sdpa")
-    budget_gib = None
-    if device == "cuda":
-        budget_gib = machine.gpu_total_bytes / GiB
-        if cfg.memory_cap_gib is not None:
-            budget_gib = min(budget_gib, cfg.memory_cap_gib)
+    budget_gib = gpu_budget_gib(machine.gpu_total_bytes, cfg.memory_cap_gib) if device == "cuda" else None
     memory = _Memory(cfg, model_config, machine, attn, budget_gib) if device == "cuda" else None
 
     qlora = _qlora(cfg, machine, device, memory, _layout(cfg, _packs(cfg, device, bf16), lengths), reasons)
