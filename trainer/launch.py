@@ -22,12 +22,9 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
-from trainer.estimate import GiB, per_gpu_bytes
-
-if TYPE_CHECKING:
-    from trainer.estimate import MemoryEstimate
+from trainer.estimate import GiB, MemoryEstimate, estimate_memory, per_gpu_bytes
 
 log = logging.getLogger("trainer.launch")
 
@@ -118,7 +115,7 @@ def process_count(train_gpus: str, device: str, visible_gpus: int) -> int:
     return n
 
 
-def choose_strategy(processes: int, lora: "MemoryEstimate", qlora: "MemoryEstimate", capacity_gib: float,
+def choose_strategy(processes: int, lora: MemoryEstimate, qlora: MemoryEstimate, capacity_gib: float,
                     qlora_setting: str, bitsandbytes: bool) -> tuple[str, str]:
     """(strategy, reason) for `processes` GPUs of `capacity_gib` each; `lora`/`qlora` are one GPU's estimates,
     fitting when within the training plan's FIT_FRACTION of a GPU (trainer/plan.py decides QLoRA by it too)."""
@@ -159,7 +156,6 @@ def plan_launch(options: LaunchOptions) -> LaunchPlan:
         return LaunchPlan(n, "ddp", "cpu", (f"{n} processes on the CPU (DDP over gloo)",))
 
     from trainer.config import TrainConfig
-    from trainer.estimate import estimate_memory
     from trainer.plan import gpu_budget_gib
 
     cfg = TrainConfig().for_processes(n)
