@@ -135,6 +135,8 @@ def plan(cfg: "TrainConfig", model_config, machine: Machine, *, lengths: Sequenc
     budget_gib = gpu_budget_gib(machine.gpu_total_bytes, cfg.memory_cap_gib) if device == "cuda" else None
     memory = _Memory(cfg, model_config, machine, attn, budget_gib) if device == "cuda" else None
 
+    # QLoRA is judged on the layout of the run without it; a 4-bit base counts as half precision (bf16 where
+    # the GPU has it) and so may pack where the run without it did not: the layout is decided again after it.
     qlora = _qlora(cfg, machine, device, memory, _layout(cfg, _packs(cfg, device, bf16), lengths), reasons)
     if qlora and not bf16 and device == "cuda":
         bf16 = machine.bf16_supported
