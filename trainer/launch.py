@@ -30,14 +30,6 @@ log = logging.getLogger("trainer.launch")
 
 #: Secrets a training job never needs: they stay out of its environment (its crash output can be shown).
 SECRET_VARIABLES = ("DISCORD_TOKEN", "VLLM_API_KEY")
-
-
-def inherited_environment(parent: Mapping[str, str]) -> dict[str, str]:
-    """What a job process inherits: the parent's environment without guildtune's own settings (the job
-    gets its options as JSON) and without secrets."""
-    return {k: v for k, v in parent.items() if not k.startswith("GUILDTUNE_") and k not in SECRET_VARIABLES}
-
-
 #: The variable through which a launch tells every rank's job whether its base is 4-bit (`LaunchPlan.env`).
 QLORA_ENV = "GUILDTUNE_QLORA"
 STRATEGIES = ("single", "ddp", "fsdp", "ddp_qlora")
@@ -46,6 +38,12 @@ STRATEGIES = ("single", "ddp", "fsdp", "ddp_qlora")
 FSDP_ARGS = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
              "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true",
              "--fsdp_cpu_ram_efficient_loading", "true")
+
+
+def inherited_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """What a job process inherits: the parent's environment without guildtune's own settings (the job
+    gets its options as JSON) and without secrets."""
+    return {k: v for k, v in parent.items() if not k.startswith("GUILDTUNE_") and k not in SECRET_VARIABLES}
 
 
 @dataclass(frozen=True)
