@@ -112,8 +112,8 @@ async def make_server(settings: Settings) -> ModelServer:
         if settings.base_model != EMBEDDED_BASE_MODEL or settings.models_dir.exists():
             base_dir = await asyncio.to_thread(base_model_dir, settings)
         return OllamaServer(settings.ollama_host, base_tag=settings.ollama_base_tag, base_model_dir=base_dir,
-                            tag_prefix=settings.tag_prefix, quantize=settings.ollama_quantize, timeout_s=settings.answer_timeout_s,
-                            work_dir=settings.data_dir / "ollama-staging")
+                            tag_prefix=settings.tag_prefix, quantize=settings.ollama_quantize,
+                            timeout_s=settings.answer_timeout_s, work_dir=settings.data_dir / "ollama-staging")
     from serving.local_server import LocalServer
 
     return LocalServer(await asyncio.to_thread(base_model_dir, settings), device=settings.device)

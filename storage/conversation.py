@@ -92,15 +92,14 @@ def validate_conversation(messages: object) -> Conversation:
             raise InvalidConversation(f"The {what} (message {i}) {surrogate}.")
         clean.append({"role": role, "content": content})
     problem = shape_problem([m["role"] for m in clean])
-    turns = clean[1:] if clean[0]["role"] == "system" else clean
     if problem is None:
         return clean
     if problem.kind == "system_not_first":
         raise InvalidConversation("A system message may only come first.")
-    if problem.kind == "no_turns" or len(turns) < 2:
+    if problem.kind == "no_turns" or len(clean) - system_first < 2:
         raise InvalidConversation("An example needs a prompt (user) and a response (assistant).")
     if problem.kind == "not_alternating":
-        turn = problem.index + 1 - (len(clean) - len(turns))
+        turn = problem.index + 1 - system_first  # turns are counted after the system message
         raise InvalidConversation(f"Turns must alternate user/assistant starting with user; turn {turn} is "
                                   f"{clean[problem.index]['role']}.")
     raise InvalidConversation("The last turn must be the assistant's response.")

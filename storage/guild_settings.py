@@ -11,6 +11,10 @@ if TYPE_CHECKING:
     from storage.db import Database
 
 FIELDS = {f.name: f for f in dataclasses.fields(GuildSettings) if f.name != "guild_id"}
+#: The numeric settings' allowed ranges, inclusive (the bot's /config help shows them too).
+SETTING_RANGES = {"temperature": (0.0, 2.0), "top_k": (1, 1000), "max_tokens": (16, 4096),
+                  "min_new_examples": (1, 100_000), "max_turns": (1, 20), "preference_up_votes": (1, 1000),
+                  "preference_down_votes": (1, 1000), "moderator_vote_weight": (1, 100)}
 
 
 class SettingError(ValueError):
@@ -61,11 +65,8 @@ def parse_setting(name: str, raw: str) -> Any:
             "review_channel_id": "a channel id, or 'off'",
         }.get(name, type(default).__name__)
         raise SettingError.invalid(name, raw, hint) from None
-    limits = {"temperature": (0.0, 2.0), "top_k": (1, 1000), "max_tokens": (16, 4096),
-              "min_new_examples": (1, 100_000), "max_turns": (1, 20),
-              "preference_up_votes": (1, 1000), "preference_down_votes": (1, 1000), "moderator_vote_weight": (1, 100)}
-    if name in limits:
-        lo, hi = limits[name]
+    if name in SETTING_RANGES:
+        lo, hi = SETTING_RANGES[name]
         if not lo <= value <= hi:
             raise SettingError(f"{name} = {raw!r} is out of range: use a value from {lo} to {hi}.")
     if name == "schedule":

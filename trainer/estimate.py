@@ -152,6 +152,11 @@ def model_shape(config) -> ModelShape:
                       vocab=text.vocab_size)
 
 
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+
+
 def estimate_memory(model: str | Path | Any, method: Method = "lora", *, seq_len: int = 1024, batch_size: int = 8,
                     lora_r: int = 16, gradient_checkpointing: bool = False, eager_attention: bool = False,
                     chunked_loss: bool = True, activation_bytes: int = 2,
@@ -160,8 +165,7 @@ def estimate_memory(model: str | Path | Any, method: Method = "lora", *, seq_len
 
     `models_dir` lets `embedded:gemma-3-270m` read its cached folder's config when it exists.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    _check_method(method)  # before the config is read: a wrong method is named before a missing model
     label = str(model) if not hasattr(model, "model_type") else f"config:{model.model_type}"
     return estimate_for_shape(model_shape(load_config(model, models_dir)), method, label=label, seq_len=seq_len,
                               batch_size=batch_size, lora_r=lora_r, gradient_checkpointing=gradient_checkpointing,
@@ -177,8 +181,7 @@ def estimate_for_shape(shape: ModelShape, method: Method, *, label: str, seq_len
 
     `layers_without_checkpointing`: with checkpointing on, how many layers keep their activations."""
     batch, checkpointing = batch_size, gradient_checkpointing
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    _check_method(method)
     if seq_len < 1 or batch < 1 or lora_r < 1:
         raise ValueError("seq_len, batch and lora_r must be >= 1")
     n, n_lin = shape.n_params, shape.n_linear
@@ -202,7 +205,8 @@ def estimate_for_shape(shape: ModelShape, method: Method, *, label: str, seq_len
         full_layer += batch * shape.heads * seq_len * seq_len * activation_bytes
     if checkpointing:
         kept = min(layers_without_checkpointing, shape.layers)
-        activations = (kept * full_layer + (shape.layers - kept) * tokens * shape.hidden * activation_bytes
+        activations = (kept * full_layer
+                       + (shape.layers - kept) * tokens * checkpointed_bytes_per_token_layer(shape, activation_bytes)
                        + full_layer)  # + the layer being recomputed
     else:
         activations = shape.layers * full_layer
@@ -224,6 +228,11 @@ def activation_bytes_per_token_layer(shape: ModelShape, activation_bytes: int = 
     fitted to the H100 peak without checkpointing, 7.41 GiB measured vs 6.3 from the shapes alone)."""
     return int(PEFT_CAST_FACTOR * activation_bytes
                * (4 * shape.hidden + 2 * (shape.q_dim + 2 * shape.kv_dim) + 4 * shape.intermediate))
+
+
+def checkpointed_bytes_per_token_layer(shape: ModelShape, activation_bytes: int = 2) -> int:
+    """Bytes a checkpointed block keeps per token: only its input (h values); the rest is recomputed."""
+    return shape.hidden * activation_bytes
 
 
 def per_gpu_bytes(est: MemoryEstimate, shards: int) -> float:

@@ -22,28 +22,14 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
-from trainer.estimate import per_gpu_bytes
-
-
-if TYPE_CHECKING:
-    from trainer.estimate import MemoryEstimate
+from trainer.estimate import GiB, MemoryEstimate, estimate_memory, per_gpu_bytes
 
 log = logging.getLogger("trainer.launch")
 
-GIB = 2**30
-
 #: Secrets a training job never needs: they stay out of its environment (its crash output can be shown).
 SECRET_VARIABLES = ("DISCORD_TOKEN", "VLLM_API_KEY")
-
-
-def inherited_environment(parent: Mapping[str, str]) -> dict[str, str]:
-    """What a job process inherits: the parent's environment without guildtune's own settings (the job
-    gets its options as JSON) and without secrets."""
-    return {k: v for k, v in parent.items() if not k.startswith("GUILDTUNE_") and k not in SECRET_VARIABLES}
-
-
 #: The variable through which a launch tells every rank's job whether its base is 4-bit (`LaunchPlan.env`).
 QLORA_ENV = "GUILDTUNE_QLORA"
 STRATEGIES = ("single", "ddp", "fsdp", "ddp_qlora")
@@ -52,6 +38,12 @@ STRATEGIES = ("single", "ddp", "fsdp", "ddp_qlora")
 FSDP_ARGS = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
              "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true",
              "--fsdp_cpu_ram_efficient_loading", "true")
+
+
+def inherited_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """What a job process inherits: the parent's environment without guildtune's own settings (the job
+    gets its options as JSON) and without secrets."""
+    return {k: v for k, v in parent.items() if not k.startswith("GUILDTUNE_") and k not in SECRET_VARIABLES}
 
 
 @dataclass(frozen=True)
@@ -121,14 +113,14 @@ def process_count(train_gpus: str, device: str, visible_gpus: int) -> int:
     return n
 
 
-def choose_strategy(processes: int, lora: "MemoryEstimate", qlora: "MemoryEstimate", capacity_gib: float,
+def choose_strategy(processes: int, lora: MemoryEstimate, qlora: MemoryEstimate, capacity_gib: float,
                     qlora_setting: str, bitsandbytes: bool) -> tuple[str, str]:
     """(strategy, reason) for `processes` GPUs of `capacity_gib` each; `lora`/`qlora` are one GPU's estimates,
     fitting when within the training plan's FIT_FRACTION of a GPU (trainer/plan.py decides QLoRA by it too)."""
     from trainer.plan import FIT_FRACTION
 
     usable = FIT_FRACTION * capacity_gib
-    replicated, sharded = lora.total_bytes / GIB, per_gpu_bytes(lora, processes) / GIB
+    replicated, sharded = lora.total_bytes / GiB, per_gpu_bytes(lora, processes) / GiB
     if qlora_setting == "on":
         return "ddp_qlora", ("QLoRA configured: a 4-bit base on each GPU, DDP on the LoRA weights "
                              "(bitsandbytes 4-bit weights cannot be sharded)")
@@ -137,7 +129,7 @@ def choose_strategy(processes: int, lora: "MemoryEstimate", qlora: "MemoryEstima
     if sharded <= usable:
         return "fsdp", (f"FSDP: ~{replicated:.1f} GiB replicated > {usable:.1f} GiB usable per GPU; sharded over "
                         f"{processes} GPUs ~{sharded:.1f} GiB each")
-    quantized = qlora.total_bytes / GIB
+    quantized = qlora.total_bytes / GiB
     if qlora_setting == "auto" and bitsandbytes and quantized <= usable:
         return "ddp_qlora", (f"QLoRA with DDP: ~{sharded:.1f} GiB per GPU even sharded > {usable:.1f} GiB usable; "
                              f"a 4-bit base needs ~{quantized:.1f} GiB")
@@ -162,16 +154,15 @@ def plan_launch(options: LaunchOptions) -> LaunchPlan:
         return LaunchPlan(n, "ddp", "cpu", (f"{n} processes on the CPU (DDP over gloo)",))
 
     from trainer.config import TrainConfig
-    from trainer.estimate import estimate_memory
+    from trainer.plan import gpu_budget_gib
 
     cfg = TrainConfig().for_processes(n)
     kw = dict(seq_len=cfg.max_length, batch_size=cfg.per_device_batch_size, lora_r=cfg.lora_r,
               gradient_checkpointing=True, models_dir=options.models_dir)
     lora = estimate_memory(options.base_model, "lora", **kw)
     qlora = estimate_memory(options.base_model, "qlora", **kw)
-    capacity = min(torch.cuda.get_device_properties(i).total_memory for i in range(n)) / GIB
-    if options.memory_cap_gib is not None:
-        capacity = min(capacity, options.memory_cap_gib)
+    capacity = gpu_budget_gib(min(torch.cuda.get_device_properties(i).total_memory for i in range(n)),
+                              options.memory_cap_gib)
     strategy, reason = choose_strategy(n, lora, qlora, capacity, options.qlora,
                                        importlib.util.find_spec("bitsandbytes") is not None)
     return LaunchPlan(n, strategy, "cuda", (reason,))

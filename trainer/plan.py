@@ -28,8 +28,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from trainer.estimate import (GiB, activation_bytes_per_token_layer, estimate_for_shape, model_shape,
-                              per_gpu_bytes)
+from trainer.estimate import (GiB, activation_bytes_per_token_layer, checkpointed_bytes_per_token_layer,
+                              estimate_for_shape, model_shape, per_gpu_bytes)
 from trainer.packing import ATTN_IMPLEMENTATION, static_row_len
 
 if TYPE_CHECKING:
@@ -109,6 +109,12 @@ class Plan:
         return asdict(self)
 
 
+def gpu_budget_gib(gpu_total_bytes: float, memory_cap_gib: float | None) -> float:
+    """The GPU memory a run may fill (GiB): the GPU's, or `memory_cap_gib` when that is smaller."""
+    gib = gpu_total_bytes / GiB
+    return gib if memory_cap_gib is None else min(gib, memory_cap_gib)
+
+
 def usable_gib(capacity_gib: float, memory_cap_gib: float | None = None) -> float:
     """The memory an estimate may fill before checkpointing turns on (see BUDGET_FRACTION / CAP_FRACTION)."""
     if memory_cap_gib is not None and memory_cap_gib <= capacity_gib:
@@ -126,13 +132,11 @@ def plan(cfg: "TrainConfig", model_config, machine: Machine, *, lengths: Sequenc
     device, bf16 = _device_and_dtype(cfg, machine)
     reasons.append(f"{'bf16' if bf16 else 'fp32'} on {device}")
     attn = cfg.attn_implementation or ("eager" if model_type.startswith("gemma") else "sdpa")
-    budget_gib = None
-    if device == "cuda":
-        budget_gib = machine.gpu_total_bytes / GiB
-        if cfg.memory_cap_gib is not None:
-            budget_gib = min(budget_gib, cfg.memory_cap_gib)
+    budget_gib = gpu_budget_gib(machine.gpu_total_bytes, cfg.memory_cap_gib) if device == "cuda" else None
     memory = _Memory(cfg, model_config, machine, attn, budget_gib) if device == "cuda" else None
 
+    # QLoRA is judged on the layout of the run without it; a 4-bit base counts as half precision (bf16 where
+    # the GPU has it) and so may pack where the run without it did not: the layout is decided again after it.
     qlora = _qlora(cfg, machine, device, memory, _layout(cfg, _packs(cfg, device, bf16), lengths), reasons)
     if qlora and not bf16 and device == "cuda":
         bf16 = machine.bf16_supported
@@ -282,4 +286,5 @@ class _Memory:
     def layer_gib(self, layout: _Layout) -> float:
         """What keeping one more layer's activations costs over checkpointing it."""
         tokens = layout.seq_len * layout.batch
-        return (activation_bytes_per_token_layer(self.shape) - 2 * self.shape.hidden) * tokens / GiB
+        return (activation_bytes_per_token_layer(self.shape)
+                - checkpointed_bytes_per_token_layer(self.shape)) * tokens / GiB

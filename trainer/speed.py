@@ -4,7 +4,8 @@
 checkpointing under the name this transformers knows, the optimizer, Liger) and `install(trainer,
 plan, pad_id)` applies the parts that need the built trainer (fixed-row collator, compiled blocks,
 partial checkpointing). The loss is TRL's fused, chunked LM head (`trl>=1.16` always; never the
-full logits). bench/RESULTS.md measures each choice on an H100.
+full logits), made to score only the labelled positions on every device. bench/RESULTS.md measures
+each choice on an H100.
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def score_labelled_positions_only() -> bool:
 
 
 def install(trainer, plan: "Plan", pad_token_id: int) -> None:
-    """Apply what needs the built trainer: fixed-length packed rows and partial checkpointing."""
+    """Apply what needs the built trainer: fixed-length packed rows, compiled blocks and partial
+    checkpointing (and TRL's loss scoring only labelled positions, `score_labelled_positions_only`)."""
     score_labelled_positions_only()
     if plan.packing:
         segments = None

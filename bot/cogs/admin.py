@@ -1,8 +1,9 @@
 """Moderator administration: `/retrain`, `/model`, `/dataset`, `/config` (the training progress
 messages have their own cog: bot/cogs/training_progress.py).
 
-Every command checks the caller when it runs (`@moderator_only()`): hiding commands is not security. `/config show` is the exception: it changes nothing,
-and the refusal text points members to it to find out who the moderators are.
+Every command checks the caller when it runs (`@moderator_only()`): hiding commands is not security.
+`/config show` is the exception: it changes nothing, and the refusal text points members to it to
+find out who the moderators are.
 """
 from __future__ import annotations
 
@@ -19,13 +20,20 @@ from bot.formatting import MESSAGE_LIMIT, discord_timestamp, learning_scores
 from bot.progress import running_text
 from bot.replies import refusal_text, setting_value
 from storage.dataset_files import DATASET_EXPORT_FORMATS, EXPORT_STATUSES, KTO_FORMAT, export_examples
-from storage.guild_settings import FIELDS, SettingError
+from storage.guild_settings import FIELDS, SETTING_RANGES, SettingError
 from storage.records import GuildSettings, ModelVersion, TrainingRun
 
 if TYPE_CHECKING:
     from bot.bot import GuildtuneBot
 
 log = logging.getLogger(__name__)
+
+
+def _ranged(name: str, text: str) -> str:
+    """A setting's help with the range parse_setting allows (storage's SETTING_RANGES, not a copy of it)."""
+    lo, hi = SETTING_RANGES[name]
+    return f"{text} ({lo:g} to {hi:g})"
+
 
 SETTING_HELP = {
     "moderator_role_ids": "roles whose members moderate (role mentions or ids, space-separated)",
@@ -36,14 +44,16 @@ SETTING_HELP = {
     "schedule": "off, interval:<N>h / interval:<N>m, or daily:HH:MM (UTC)",
     "min_new_examples": "approved examples since the last model that trigger a retrain",
     "system_prompt": "the system prompt for answers and training",
-    "temperature": "sampling temperature for answers (0 to 2)",
-    "top_k": "top-k sampling for answers (1 to 1000)",
-    "max_tokens": "longest answer in tokens (16 to 4096)",
-    "max_turns": "earlier turns a reply chain may contribute to one example (1 to 20)",
+    "temperature": _ranged("temperature", "sampling temperature for answers"),
+    "top_k": _ranged("top_k", "top-k sampling for answers"),
+    "max_tokens": _ranged("max_tokens", "longest answer in tokens"),
+    "max_turns": _ranged("max_turns", "earlier turns a reply chain may contribute to one example"),
     "golden_questions": 'JSON list of {"question", "expect"} the gate checks each new model on',
-    "preference_up_votes": "net 👍 that make an /ask answer a liked preference example (1 to 1000)",
-    "preference_down_votes": "net 👎 that make an /ask answer a disliked preference example (1 to 1000)",
-    "moderator_vote_weight": "how many votes a moderator's 👍/👎 counts as (1 to 100)",
+    "preference_up_votes": _ranged("preference_up_votes",
+                                   "net 👍 that make an /ask answer a liked preference example"),
+    "preference_down_votes": _ranged("preference_down_votes",
+                                     "net 👎 that make an /ask answer a disliked preference example"),
+    "moderator_vote_weight": _ranged("moderator_vote_weight", "how many votes a moderator's 👍/👎 counts as"),
 }
 
 
