@@ -79,7 +79,6 @@ async def one_setting(setting: dict, facts: list[dict], args, base_dir: str, ser
     return {"setting": setting, **recall(facts, taught, para), "drift": m["drift"], "steps": m["steps"],
             "train_loss": m["train_loss"], "gate_taught_recall": m["taught_recall"],
             "gate_paraphrase_recall": m["paraphrase_recall"], "n_rows": m["n_rows"], "train_s": elapsed,
-            "review": m.get("review"),
             "sample_answers": list(zip([f["question"] for f in facts[:3]], taught[:3]))}
 
 

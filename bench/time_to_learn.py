@@ -55,7 +55,7 @@ async def measure(args, base: Path, work: Path) -> dict:
                              GUILDTUNE_TRAIN_COMPILE=args.compile,
                              # random weights know nothing and drift anywhere: the gate's whole work is
                              # still on the clock, its verdict is not what this measures
-                             GUILDTUNE_GATE_MAX_DRIFT=1e6, GUILDTUNE_GATE_TOLERANCE=1)
+                             GUILDTUNE_GATE_MAX_DRIFT=100, GUILDTUNE_GATE_TOLERANCE=1)
     db = await Database.open(settings.db_path)
     rows = parse_file(Path(args.data)).rows[: args.rows]
     added = await db.examples.add_many(1, [r.conversation for r in rows], source="import", author_id=None,

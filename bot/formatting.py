@@ -139,14 +139,3 @@ def learning_scores(metrics: dict) -> str | None:
         name = "the base model" if previous.get("name") == "base" else previous.get("name", "before")
         text += (f" ({name}: {previous['taught_recall']:.0%} and {previous['paraphrase_recall']:.0%})")
     return text[:1].upper() + text[1:] + "."
-
-
-def review_summary(metrics: dict) -> str | None:
-    """The run's review rounds (trainer/review.py) in words; None when it had none or needed none."""
-    rounds = metrics.get("review") or []
-    if not rounds or not rounds[0].get("missed"):
-        return None
-    first, steps = rounds[0], sum(r.get("steps", 0) for r in rounds)
-    rounds_text = "1 review round" if len(rounds) == 1 else f"{len(rounds)} review rounds"
-    return (f"After the scheduled passes, {first['missed']} of {first['checked']} taught answers were not yet "
-            f"learned word for word: {rounds_text} trained them {steps} more steps.")

@@ -20,8 +20,7 @@ matplotlib.use("Agg")  # no display: render to memory only
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bot.formatting import (NO_MENTIONS, format_duration, learning_scores, progress_bar,  # noqa: E402
-                            review_summary)
+from bot.formatting import NO_MENTIONS, format_duration, learning_scores, progress_bar  # noqa: E402
 from storage.records import ModelVersion, TrainingRun  # noqa: E402
 from storage.runs import FINAL  # noqa: E402
 
@@ -66,9 +65,7 @@ def running_text(run: TrainingRun, now: float | None = None) -> str:
 
 
 def _eval_line(run: TrainingRun) -> str | None:
-    scores = learning_scores(run.metrics)
-    review = review_summary(run.metrics)
-    return " ".join(p for p in (scores, review) if p) or None
+    return learning_scores(run.metrics)
 
 
 def final_text(run: TrainingRun, version: ModelVersion | None = None,

@@ -53,12 +53,6 @@ def test_final_text_for_every_outcome():
     done = dict(finished_at=1300.0, step=100, metrics=SCORES)
     ok = final_text(run(status="succeeded", **done), version(4), version(4))
     assert "succeeded: this server now answers with **v4**" in ok
-    assert "review" not in ok  # a run without review rounds says nothing of them
-    reviewed = {**SCORES, "review": [{"checked": 48, "missed": 14, "steps": 16},
-                                     {"checked": 14, "missed": 3, "steps": 4}]}
-    text = final_text(run(status="succeeded", **{**done, "metrics": reviewed}), version(4), version(4))
-    assert ("After the scheduled passes, 14 of 48 taught answers were not yet learned word for word: "
-            "2 review rounds trained them 20 more steps.") in text
     assert ("Answers 9/10 taught questions, 7/10 asked differently, drift +3.1% from the base on general "
             "questions (v3: 80% and 50%).") in ok
     assert "100/100 steps in 5m 00s" in ok

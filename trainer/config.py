@@ -35,9 +35,9 @@ class TrainConfig:
         "help": "Rank-stabilised LoRA (scale alpha/sqrt(r)); helps at high ranks."})
 
     # --- how long ------------------------------------------------------------------------------
-    target_steps: int = field(default=90, metadata={
-        "help": "Optimizer steps to aim at; epochs = ceil(target_steps / steps per epoch), then bounded by "
-                "min_epochs/max_epochs. Small datasets get more passes, large ones fewer."})
+    target_steps: int = field(default=135, metadata={
+        "help": "Optimizer steps to aim at: the number of passes whose steps come nearest to it, then bounded by "
+                "min_epochs/max_epochs. Small datasets get more passes (48 facts: 6), large ones fewer (1,000 rows: 1)."})
     min_epochs: int = field(default=1, metadata={"help": "At least this many passes over the training split."})
     max_epochs: int = field(default=30, metadata={
         "help": "At most this many passes (stops a handful of examples from being memorised for hours)."})
@@ -110,17 +110,6 @@ class TrainConfig:
     general_share: float = field(default=0.15, metadata={
         "help": "Share of the rows taken from the shipped general instructions (trainer/data/), so learning "
                 "the community's facts does not wreck the model's other answers. 0 turns it off."})
-    review_rounds: int = field(default=2, metadata={
-        "help": "After the scheduled passes, rounds of more training on the taught answers the model does not yet "
-                "reproduce word for word (trainer/review.py); 0 turns the review off."})
-    review_passes: int = field(default=2, metadata={
-        "help": "Copies of each missed example a review round trains on (paraphrase_share of them in other words)."})
-    review_lr_scale: float = field(default=1.0, metadata={
-        "help": "Peak learning rate of a review round, as a share of learning_rate (the optimizer's moments carry on "
-                "from the scheduled passes)."})
-    review_max_share: float = field(default=0.25, metadata={
-        "help": "The review rounds' steps in all, at most this share of the scheduled steps: a large import whose "
-                "long answers are not word-perfect after one pass is not trained over again."})
     general_answers: Literal["base", "written"] = field(default="base", metadata={
         "help": "Answers of the general rows: 'base' = the base model's own greedy answers (made once per base "
                 "and cached; replaying them keeps the version close to the base elsewhere), 'written' = the "
@@ -174,11 +163,6 @@ class TrainConfig:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
         if not 0 <= self.paraphrase_share <= 1:
             problems.append(f"paraphrase_share={self.paraphrase_share} must be between 0 and 1")
-        if self.review_lr_scale <= 0:
-            problems.append(f"review_lr_scale={self.review_lr_scale} must be > 0")
-        if self.review_rounds < 0 or self.review_passes < 1 or not 0 <= self.review_max_share <= 1:
-            problems.append(f"need review_rounds >= 0 ({self.review_rounds}), review_passes >= 1 "
-                            f"({self.review_passes}) and review_max_share between 0 and 1 ({self.review_max_share})")
         if self.general_answers not in ("base", "written"):
             problems.append(f"general_answers={self.general_answers!r}: allowed base, written")
         if not 0 <= self.general_share < 1:
@@ -247,7 +231,7 @@ class TrainConfig:
     def epochs(self, n_train: int) -> int:
         if self.num_epochs is not None:
             return self.num_epochs
-        wanted = math.ceil(self.target_steps / self.steps_per_epoch(n_train))
+        wanted = math.floor(self.target_steps / self.steps_per_epoch(n_train) + 0.5)  # the nearest, halves up
         return max(self.min_epochs, min(self.max_epochs, wanted))
 
     def total_steps(self, n_train: int) -> int:

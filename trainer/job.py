@@ -318,7 +318,7 @@ def run_metrics(result: SFTResult, training: TrainingSet, timings: dict[str, flo
     """What a run records beside the gate's evidence: the training's figures, its timings and its plan."""
     return {"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
             "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
-            "n_general": training.n_general, "note": training.note, "review": result.review,
+            "n_general": training.n_general, "note": training.note,
             "timings": {**timings, **result.evaluation.timings}, "train_phases": result.phases, "plan": result.plan}
 
 

@@ -55,8 +55,6 @@ class SFTResult:
     phases: dict = field(default_factory=dict)
     #: what `run_sft(evaluate=...)` returned for the trained adapter
     evaluation: Any = None
-    #: the review rounds after the scheduled passes (trainer/review.py), as dicts
-    review: list = field(default_factory=list)
 
 
 # --- tokenizer and labels -------------------------------------------------------------------------
@@ -186,15 +184,6 @@ class StepWatch:
     cancelled: bool = False
     t0: float = field(default_factory=time.perf_counter)
     step_ends: list[float] = field(default_factory=list)
-    #: the run's steps so far and in all; a review round (trainer/review.py) trains on after them
-    total_steps: int = 0
-    last_step: int = 0
-    step_offset: int = 0
-
-    def extend(self, steps: int) -> None:
-        """A new `Trainer.train()` call of `steps` steps follows: count its steps on after the ones done."""
-        self.step_offset = self.last_step
-        self.total_steps = self.last_step + steps
 
     def step_phases(self) -> dict[str, float]:
         """Seconds to the first step's end, and the median step after it."""
@@ -211,33 +200,26 @@ def progress_callback(total_steps: int, on_progress: ProgressFn | None, should_c
                        watch: StepWatch):
     from transformers import TrainerCallback
 
-    watch.total_steps = total_steps
-
     class ProgressAndCancel(TrainerCallback):
-        """Reports (step, total, loss, ETA) at each logged loss and stops training when asked to.
-
-        Steps count on across `train()` calls (`StepWatch.extend`), so review rounds continue the bar."""
+        """Reports (step, total, loss, ETA) at each logged loss and stops training when asked to."""
 
         def on_train_begin(self, args, st, control, **kwargs):
-            if watch.step_offset == 0:
-                watch.t0 = time.perf_counter()
+            watch.t0 = time.perf_counter()
 
         def on_log(self, args, st, control, logs=None, **kwargs):
             if not logs or "loss" not in logs or st.global_step == 0:
                 return
             loss = float(logs["loss"])
-            step = watch.step_offset + st.global_step
-            watch.history.append((step, loss))
+            watch.history.append((st.global_step, loss))
             elapsed = time.perf_counter() - watch.t0
-            eta = elapsed / step * max(0, watch.total_steps - step)
+            eta = elapsed / st.global_step * max(0, total_steps - st.global_step)
             if on_progress is not None:
-                on_progress(step, watch.total_steps, loss, eta)
+                on_progress(st.global_step, total_steps, loss, eta)
             self.on_step_end(args, st, control)  # a cancel noticed while reporting stops at this step
 
         def on_step_end(self, args, st, control, **kwargs):
             if kwargs:  # a real step end (not the call from on_log): keep its time for the phase report
                 watch.step_ends.append(time.perf_counter())
-                watch.last_step = watch.step_offset + st.global_step
             if should_cancel is not None and should_cancel():
                 watch.cancelled = True
                 control.should_training_stop = True
@@ -361,11 +343,8 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
                                    callbacks=[progress_callback(total_steps, on_progress, should_cancel, watch)])
     with timed(phases, "train_loop_s"):
         output = prepared.trainer.train()
-    with timed(phases, "review_s"):
-        review = _review(prepared, train_ds, cfg, rank, watch, should_cancel)
     phases.update(watch.step_phases())
     result = _result(prepared, output, watch, total_steps, n_train)
-    result.review = [r.to_dict() for r in review]
     if not result.cancelled:
         with timed(phases, "save_s"):
             _save(prepared, cfg, output_dir, scratch, rank, result)
@@ -399,27 +378,11 @@ def _join_ranks(rank, base_model_dir: str | Path, train_ds: "Dataset", cfg: Trai
     return on_progress, distributed.agreed(should_cancel)
 
 
-def _review(prepared: PreparedRun, train_ds: "Dataset", cfg: TrainConfig, rank, watch: StepWatch,
-            should_cancel: Callable[[], bool] | None) -> list:
-    """The review rounds after the scheduled passes (trainer/review.py): at most `review_max_share` of the steps
-    done, and within `max_steps` if set. Not when cancelled, and not across GPUs (the ranks would have to agree
-    on what each missed)."""
-    from trainer.review import run_review
-
-    if watch.cancelled or rank.enabled:
-        return []
-    budget = math.ceil(cfg.review_max_share * watch.last_step)
-    if cfg.max_steps is not None:
-        budget = min(budget, cfg.max_steps - watch.last_step)
-    return run_review(prepared, train_ds, cfg, budget, on_round_start=watch.extend,
-                      cancelled=lambda: watch.cancelled or bool(should_cancel and should_cancel()))
-
-
 def _result(prepared: PreparedRun, output, watch: StepWatch, total_steps: int, n_train: int) -> SFTResult:
-    steps = watch.last_step if watch.step_offset else prepared.trainer.state.global_step
+    steps = prepared.trainer.state.global_step
     return SFTResult(train_loss=float(output.training_loss) if steps else None, loss_history=watch.history,
-                     steps=steps, total_steps=max(total_steps, watch.total_steps), n_train=n_train,
-                     cancelled=watch.cancelled, plan=prepared.plan.to_dict())
+                     steps=steps, total_steps=total_steps, n_train=n_train, cancelled=watch.cancelled,
+                     plan=prepared.plan.to_dict())
 
 
 def _save(prepared: PreparedRun, cfg: TrainConfig, output_dir: Path, scratch: Path, rank, result: SFTResult) -> None:
@@ -455,66 +418,56 @@ def _evaluates_as_trained(prepared: PreparedRun, cfg: TrainConfig, base_model_di
 
 # --- evaluation -----------------------------------------------------------------------------------
 
-def labelled_logits(model, tokenizer, encoded: list[dict[str, list[int]]], batch_size: int):
-    """Teacher-forced logits at the labelled positions of `encoded` rows (`encode_conversation`'s output).
-
-    Yields (indices into `encoded`, logits [rows, kept positions, vocab], gold [rows, kept positions], the kept
-    positions) batch by batch, in `model.eval()`, without gradients; the logits at position p predict token
-    p + 1, and gold is -100 where a row has no label. Rows are
-    batched by length and as many as fit `EVAL_LOGITS_BUDGET`, and only positions whose next token is
-    labelled in some row are projected (the logits of a 262k-word vocabulary are never made for the
-    whole sequence): the one teacher-forced pass that losses and the review's check share."""
+def mean_token_nll(model, tokenizer, ds: "Dataset", max_length: int, batch_size: int) -> tuple[float | None, int]:
+    """Mean NLL per labelled (assistant) token of `ds` under `model`, and the number of such tokens."""
     import torch
+    import torch.nn.functional as F
 
-    order = sorted((i for i, e in enumerate(encoded) if any(t != -100 for t in e["labels"][1:])),
-                   key=lambda i: len(encoded[i]["input_ids"]))
+    encoded = [encode_conversation(tokenizer, m, max_length) for m in ds["messages"]]
+    encoded = [e for e in encoded if any(t != -100 for t in e["labels"][1:])]
+    if not encoded:
+        return None, 0
+    encoded.sort(key=lambda e: len(e["input_ids"]))
     vocab = model.config.get_text_config().vocab_size
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
+    total_nll, total_tokens = 0.0, 0
     was_training = model.training
     model.eval()
     try:
         start = 0
-        while start < len(order):
+        while start < len(encoded):
             # as many rows as fit the logits budget (rows are sorted by length, so the last is the longest)
             end = start + 1
-            while (end < len(order) and end - start < batch_size
-                   and (end - start + 1) * len(encoded[order[end]]["input_ids"]) * vocab * 4 <= EVAL_LOGITS_BUDGET):
+            while (end < len(encoded) and end - start < batch_size
+                   and (end - start + 1) * len(encoded[end]["input_ids"]) * vocab * 4 <= EVAL_LOGITS_BUDGET):
                 end += 1
-            rows = order[start:end]
+            rows = encoded[start:end]
             start = end
-            width = max(len(encoded[i]["input_ids"]) for i in rows)
+            width = max(len(r["input_ids"]) for r in rows)
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
             labels = torch.full((len(rows), width), -100, dtype=torch.long)
             attention = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                n = len(encoded[i]["input_ids"])
-                ids[r, :n] = torch.tensor(encoded[i]["input_ids"])
-                labels[r, :n] = torch.tensor(encoded[i]["labels"])
-                attention[r, :n] = 1
+            for i, r in enumerate(rows):
+                n = len(r["input_ids"])
+                ids[i, :n] = torch.tensor(r["input_ids"])
+                labels[i, :n] = torch.tensor(r["labels"])
+                attention[i, :n] = 1
             # logits at position p predict token p+1: keep only positions whose next token is labelled
             targets = labels[:, 1:]
             keep = torch.nonzero((targets != -100).any(dim=0)).squeeze(1)
             with torch.no_grad():
                 out = model(input_ids=ids.to(device), attention_mask=attention.to(device),
                             logits_to_keep=keep.to(device))
-            yield rows, out.logits.float(), targets[:, keep].to(device), keep.tolist()
+            logits = out.logits.float()
+            gold = targets[:, keep].to(device)
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=-100,
+                                  reduction="sum")
+            total_nll += float(nll)
+            total_tokens += int((gold != -100).sum())
     finally:
         model.train(was_training)
-
-
-def mean_token_nll(model, tokenizer, ds: "Dataset", max_length: int, batch_size: int) -> tuple[float | None, int]:
-    """Mean NLL per labelled (assistant) token of `ds` under `model`, and the number of such tokens."""
-    import torch.nn.functional as F
-
-    encoded = [encode_conversation(tokenizer, m, max_length) for m in ds["messages"]]
-    total_nll, total_tokens = 0.0, 0
-    for _, logits, gold, _ in labelled_logits(model, tokenizer, encoded, batch_size):
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=-100,
-                              reduction="sum")
-        total_nll += float(nll)
-        total_tokens += int((gold != -100).sum())
-    return (total_nll / total_tokens if total_tokens else None), total_tokens
+    return total_nll / total_tokens, total_tokens
 
 
 def _eval_plan(cfg: TrainConfig, base_model_dir: str | Path) -> Plan:
