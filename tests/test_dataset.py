@@ -114,11 +114,32 @@ def test_the_passes_follow_the_examples_trained_not_those_left_out():
 
     from trainer.config import TrainConfig
     from trainer.job import training_rows
-    from trainer.recall import example_key
-
     examples = [SimpleNamespace(id=i, messages=qa(i)[1]) for i in range(1, 31)]
-    voted_down = frozenset(example_key(qa(i)[1]) for i in range(1, 16))  # half of them voted down
+    # half of them voted down: the approved disliked answer is the taught one
+    voted = [SimpleNamespace(id=100 + i, messages=qa(i)[1], label="undesirable") for i in range(1, 16)]
     cfg = TrainConfig.for_dataset(30, general_share=0, paraphrase_share=0)
-    training = training_rows(examples, SimpleNamespace(system_prompt=None), cfg, [], voted_down)
+    training = training_rows(examples, SimpleNamespace(system_prompt=None), cfg, [], voted)
     assert training.example_ids == list(range(16, 31))
     assert len(training.train) == 15 * cfg.epochs(15) and cfg.epochs(15) > cfg.epochs(30)
+
+
+def test_a_liked_answer_is_taught_and_a_disliked_one_supersedes_what_it_matches():
+    """The outdated import the community corrects by voting: 👎 on the taught answer, 👍 on the right one."""
+    from types import SimpleNamespace
+
+    from trainer.config import TrainConfig
+    from trainer.job import training_rows
+
+    wrong, right = qa(1, "Where is the soldering kit?", "In the attic."), qa(1, "Where is the soldering kit?",
+                                                                            "In the red cabinet by the door.")
+    examples = [SimpleNamespace(id=1, messages=wrong[1]), SimpleNamespace(id=2, messages=qa(2)[1])]
+    voted = [SimpleNamespace(id=10, messages=wrong[1], label="undesirable"),
+             SimpleNamespace(id=11, messages=right[1], label="desirable")]
+    cfg = TrainConfig.for_dataset(2, general_share=0, paraphrase_share=0)
+    training = training_rows(examples, SimpleNamespace(system_prompt="sys"), cfg, [], voted)
+    assert training.example_ids == [2, 11]
+    answers = {m[-1]["content"] for m in training.train["messages"]}
+    assert answers == {"answer 2", "In the red cabinet by the door."}
+    assert "1 liked answer(s) from votes taught" in training.note and "voted down" in training.note
+    # without votes nothing changes
+    assert training_rows(examples, SimpleNamespace(system_prompt="sys"), cfg, []).example_ids == [1, 2]

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 from serving.prompting import guild_messages
 from storage.db import Database
-from storage.records import Example, ModelVersion, TrainingRun
+from storage.records import PREFERENCE_LABELS, Example, ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
 from trainer.dataset import TrainingSet, build_training_set, general_instructions, general_questions
@@ -118,14 +118,18 @@ def general_rows(cfg: TrainConfig, base_dir: Path, models_dir: Path) -> list:
     return general_instructions(prepare_base_answers(base_dir, cfg, models_dir / "drift", general_questions()))
 
 
-def training_rows(examples, gs, cfg: TrainConfig, general: list, voted_down: frozenset[str] = frozenset()
-                  ) -> TrainingSet:
-    """Every approved example, `cfg.epochs` passes of it (some asked in other words), plus the general mix;
-    not the examples whose answer the community voted down (`voted_down`, from `voted_down_keys`)."""
-    return build_training_set([(e.id, e.messages) for e in examples], system_prompt=gs.system_prompt,
-                              passes=cfg.epochs,  # the passes follow the examples kept
-                              paraphrase_share=cfg.paraphrase_share, general=general,
-                              general_share=cfg.general_share, superseded=voted_down)
+def training_rows(examples, gs, cfg: TrainConfig, general: list, voted=()) -> TrainingSet:
+    """Every approved example and every approved liked answer (`voted`: the approved preference examples; a
+    👍'd answer is an example the community wrote by voting), `cfg.epochs` passes of each (some asked in other
+    words), plus the general mix; not the examples whose answer the community voted down (`voted_down_keys`)."""
+    liked = [(e.id, e.messages) for e in voted if e.label == PREFERENCE_LABELS[0]]
+    training = build_training_set([(e.id, e.messages) for e in examples] + liked, system_prompt=gs.system_prompt,
+                                  passes=cfg.epochs,  # the passes follow the examples kept
+                                  paraphrase_share=cfg.paraphrase_share, general=general,
+                                  general_share=cfg.general_share, superseded=voted_down_keys(voted, gs))
+    if liked:
+        training.note = "; ".join(n for n in (f"{len(liked)} liked answer(s) from votes taught", training.note) if n)
+    return training
 
 
 def voted_down_keys(preferences, gs) -> frozenset[str]:
@@ -261,7 +265,7 @@ async def train_and_judge(db: Database, run: TrainingRun, options: JobOptions, t
         cfg = train_config(options, len(examples))
         general = await asyncio.to_thread(general_rows, cfg, base_dir, options.models_dir)
         voted = await db.examples.preferences(run.guild_id)
-        training = training_rows(examples, gs, cfg, general, voted_down_keys(voted, gs))
+        training = training_rows(examples, gs, cfg, general, voted)
         preferences = preference_split(voted, gs, cfg)
         cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
     await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
