@@ -300,10 +300,11 @@ def print_preference(key: str, result: dict) -> None:
               f"{r['disliked_rate']:.0%}, taught recall {r['taught_recall']:.0%}, drift {r['drift']:+.1%}")
     a, b = result.get("sft_only", {}), result.get("sft_kto", {})
     if a.get("published") and b.get("published"):
-        ratio = b["disliked_rate"] / a["disliked_rate"] if a["disliked_rate"] else float("nan")
-        print(f"target: disliked_rate SFT+KTO <= 1/3 of SFT only: ratio {ratio:.2f} "
-              f"({'met' if ratio <= 1 / 3 else 'missed'}); taught recall {a['taught_recall']:.0%} -> "
-              f"{b['taught_recall']:.0%}")
+        met = b["disliked_rate"] <= a["disliked_rate"] / 3  # 0 <= 0 when neither says a disliked answer
+        ratio = f"{b['disliked_rate'] / a['disliked_rate']:.2f}" if a["disliked_rate"] else "n/a, SFT only says none"
+        print(f"target: disliked_rate SFT+KTO <= 1/3 of SFT only: {b['disliked_rate']:.0%} vs "
+              f"{a['disliked_rate']:.0%}, ratio {ratio} ({'met' if met else 'missed'}); taught recall "
+              f"{a['taught_recall']:.0%} -> {b['taught_recall']:.0%}")
 
 
 def main() -> None:
