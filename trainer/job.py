@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 from serving.prompting import guild_messages
 from storage.db import Database
-from storage.records import PREFERENCE_LABELS, Example, ModelVersion, TrainingRun
+from storage.records import Example, ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
 from trainer.dataset import TrainingSet, build_training_set, general_instructions, general_questions
@@ -121,22 +121,18 @@ def general_rows(cfg: TrainConfig, base_dir: Path, models_dir: Path) -> list:
 def training_rows(examples, gs, cfg: TrainConfig, general: list, voted=()) -> TrainingSet:
     """Every approved example and every approved liked answer (`voted`: the approved preference examples; a
     👍'd answer is an example the community wrote by voting), `cfg.epochs` passes of each (some asked in other
-    words), plus the general mix; not the examples whose answer the community voted down (`voted_down_keys`)."""
-    liked = [(e.id, e.messages) for e in voted if e.label == PREFERENCE_LABELS[0]]
+    words), plus the general mix. An approved disliked answer supersedes the taught example with the same
+    question and answer: it is neither trained on nor asked by the gate, whether or not a KTO stage runs."""
+    votes = preference_rows([(e.id, e.messages, e.label) for e in voted], gs.system_prompt)
+    liked = [(r.example_id, r.conversation) for r in votes if r.desirable]
     training = build_training_set([(e.id, e.messages) for e in examples] + liked, system_prompt=gs.system_prompt,
                                   passes=cfg.epochs,  # the passes follow the examples kept
                                   paraphrase_share=cfg.paraphrase_share, general=general,
-                                  general_share=cfg.general_share, superseded=voted_down_keys(voted, gs))
+                                  general_share=cfg.general_share,
+                                  superseded=frozenset(r.key for r in votes if not r.desirable))
     if liked:
         training.note = "; ".join(n for n in (f"{len(liked)} liked answer(s) from votes taught", training.note) if n)
     return training
-
-
-def voted_down_keys(preferences, gs) -> frozenset[str]:
-    """Keys of the approved disliked answers: a taught example with the same question and answer is
-    superseded by the vote (neither trained on nor asked by the gate), whether or not a KTO stage runs."""
-    rows = preference_rows([(e.id, e.messages, e.label) for e in preferences], gs.system_prompt)
-    return frozenset(r.key for r in rows if not r.desirable)
 
 
 def preference_split(preferences, gs, cfg: TrainConfig) -> PreferenceSplit:
