@@ -128,13 +128,26 @@ def lead_or_follow(job: Callable[[], int], device: str) -> int:
         return job()
     _die_with_launcher()
     _join(device)
-    if not rank.is_main:
-        return follow()
     try:
-        return job()
+        if not rank.is_main:
+            return follow()
+        try:
+            return job()
+        finally:
+            if not _Channel.work_sent:  # the run ended before training (too few examples, cancelled, an error)
+                _broadcast(None)
     finally:
-        if not _Channel.work_sent:  # the run ended before training (too few examples, cancelled, an error)
-            _broadcast(None)
+        _leave()
+
+
+def _leave() -> None:
+    """Close the process group before the interpreter exits. Left to the exit, gloo's threads can be torn
+    down while still joinable, which aborts the process (SIGABRT, "terminate called without an active
+    exception"), and the launcher then kills the other ranks mid-run: rank 0 while it still gates."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def follow() -> int:
