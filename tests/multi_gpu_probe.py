@@ -82,4 +82,6 @@ def main(out_dir: str, base_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    from trainer.distributed import end_process
+
+    end_process(main(*sys.argv[1:]))

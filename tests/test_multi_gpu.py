@@ -126,6 +126,18 @@ def test_planner_estimates_per_gpu_under_fsdp():
     assert abs((whole - quarter) - 0.75 * weights) < 0.05 * weights
 
 
+def test_a_rank_ends_with_its_code_and_skips_the_interpreters_teardown():
+    """A rank leaves by os._exit (the teardown can abort on a joinable gloo thread); a single process by sys.exit."""
+    script = ("import atexit, sys; from trainer.distributed import end_process; "
+              "atexit.register(lambda: print('teardown ran')); print('trained', flush=True); end_process(3)")
+    root = Path(__file__).resolve().parents[1]
+    for world, teardown in (("2", False), ("1", True)):
+        done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                              env={"WORLD_SIZE": world, "RANK": "1", "PATH": "/usr/bin:/bin"}, timeout=120)
+        assert done.returncode == 3, done.stderr
+        assert "trained" in done.stdout and ("teardown ran" in done.stdout) == teardown
+
+
 # --- real multi-process training on the CPU -------------------------------------------------------------
 
 def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(tiny_model_dir, tmp_path):

@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
@@ -148,6 +148,19 @@ def _leave() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit with `code`. A rank of a multi-process job skips the interpreter's teardown (os._exit, once its
+    output is flushed): even with the group closed, that teardown can meet a communication thread still
+    joinable and abort (SIGABRT: CI saw it on a follower that had trained), and the launcher then kills
+    the other ranks, rank 0 mid-gate. A single process exits as usual."""
+    if not current().enabled:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def follow() -> int:

@@ -34,7 +34,7 @@ from trainer.kto import (PreferenceSplit, StagedProgress, preference_rows, split
                          with_preference_stage)
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
 from trainer.sft import EvaluateFn, ProgressFn, SFTResult, run_sft, timed
-from trainer.distributed import lead_or_follow
+from trainer.distributed import end_process, lead_or_follow
 from trainer.launch import rank_overrides
 
 log = logging.getLogger("trainer.job")
@@ -378,4 +378,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())
