@@ -305,6 +305,7 @@ class ExampleRepository:
             "UPDATE examples SET messages='[]', content_hash=?, status='deleted', updated_at=? "
             "WHERE guild_id=? AND id=?",
             (f"deleted:{example.id}", time.time(), example.guild_id, example.id))
+        await conn.execute("DELETE FROM example_rewordings WHERE example_id=?", (example.id,))  # its text
         # The audit drops the content everywhere for this example, not only in the new event.
         await conn.execute(
             "UPDATE example_events SET before=NULL, after=NULL WHERE guild_id=? AND example_id=?",
@@ -333,6 +334,29 @@ class ExampleRepository:
             "SELECT * FROM examples WHERE guild_id=? AND status=? AND label IN (?, ?) ORDER BY id",
             (guild_id, status, *PREFERENCE_LABELS))
         return [_row_to_example(r) for r in rows]
+
+    async def rewordings(self, guild_id: int, base: str) -> dict[int, tuple[str, list[str]]]:
+        """{example id: (question hash, the base model's rewordings of that question)} kept for `base`."""
+        rows = await self.db.fetchall(
+            "SELECT r.example_id, r.question_hash, r.rewordings FROM example_rewordings r "
+            "JOIN examples e ON e.id = r.example_id WHERE e.guild_id=? AND r.base=? AND e.status<>'deleted'",
+            (guild_id, base))
+        return {r["example_id"]: (r["question_hash"], json.loads(r["rewordings"])) for r in rows}
+
+    async def save_rewordings(self, guild_id: int, base: str, found: dict[int, tuple[str, list[str]]]) -> None:
+        """Keep `found` (as `rewordings` returns it) for the guild's live examples; others are skipped."""
+        if not found:
+            return
+        live = {r["id"] for r in await self.db.fetchall(
+            "SELECT id FROM examples WHERE guild_id=? AND status<>'deleted'", (guild_id,))}
+        async with self.db.transaction() as conn:
+            for example_id, (question_hash, texts) in found.items():
+                if example_id in live:
+                    await conn.execute(
+                        "INSERT INTO example_rewordings (example_id, base, question_hash, rewordings) VALUES (?,?,?,?)"
+                        " ON CONFLICT (example_id, base) DO UPDATE SET question_hash=excluded.question_hash,"
+                        " rewordings=excluded.rewordings",
+                        (example_id, base, question_hash, json.dumps(texts, ensure_ascii=False)))
 
     async def next_pending(self, guild_id: int, *, after_id: int = 0) -> tuple[Example | None, int]:
         """The oldest pending example with id > after_id (Skip moves on), and how many are pending."""

@@ -107,6 +107,11 @@ class TrainConfig:
     paraphrase_share: float = field(default=0.5, metadata={
         "help": "Share of each example's copies (one per pass) whose question is asked in other words "
                 "(trainer/paraphrase.py): ties the answer to what is asked, not to one wording."})
+    base_rewordings: int = field(default=0, metadata={
+        "help": "Other wordings of each taught question the base model writes before training "
+                "(trainer/rewording.py), used for those copies in turn with the templated ones. Off (0) by "
+                "default: on the embedded 270M base 2 gave no paraphrase gain at 48 facts for 2-3 CPU minutes "
+                "(bench/RESULTS.md); a larger base writes cleaner rewordings."})
     general_share: float = field(default=0.15, metadata={
         "help": "Share of the rows taken from the shipped general instructions (trainer/data/), so learning "
                 "the community's facts does not wreck the model's other answers. 0 turns it off."})
@@ -162,6 +167,8 @@ class TrainConfig:
             problems.append(f"need 1 <= min_epochs ({self.min_epochs}) <= max_epochs ({self.max_epochs})")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
+        if not 0 <= self.base_rewordings <= 8:
+            problems.append(f"base_rewordings={self.base_rewordings} must be between 0 and 8")
         if not 0 <= self.paraphrase_share <= 1:
             problems.append(f"paraphrase_share={self.paraphrase_share} must be between 0 and 1")
         if self.general_answers not in ("base", "written"):

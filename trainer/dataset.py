@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from storage.conversation import InvalidConversation, validate_conversation
 from trainer.paraphrase import training_variants
@@ -45,6 +45,8 @@ class TrainingSet:
     examples: list[tuple[int, Conversation]]
     n_paraphrased: int
     n_general: int
+    #: of the paraphrased rows, those the base model reworded (the rest are templated)
+    n_reworded: int
     #: A sentence for moderators when something was unusual (dropped examples).
     note: str | None
     dropped_duplicates: list[int] = field(default_factory=list)
@@ -84,11 +86,17 @@ def _reworded(turns: Conversation, question: str) -> Conversation:
     return [*turns[:-2], {"role": "user", "content": question}, turns[-1]]
 
 
-def copies_of(turns: Conversation, passes: int, paraphrase_share: float) -> list[tuple[Conversation, str]]:
-    """`passes` copies of one example, `paraphrase_share` of them (rounded down) in other words."""
+def copies_of(turns: Conversation, passes: int, paraphrase_share: float,
+              rewordings: Sequence[str] = ()) -> list[tuple[Conversation, str]]:
+    """`passes` copies of one example, `paraphrase_share` of them (rounded down) in other words: the base
+    model's `rewordings` of the question (trainer/rewording.py) taking turns with the templated forms."""
     wanted = math.floor(passes * paraphrase_share + 1e-9)
-    variants = training_variants(turns[-2]["content"], wanted, example_key(turns)) if wanted else []
-    out = [(_reworded(turns, variants[i % len(variants)]), "paraphrase") for i in range(wanted)] if variants else []
+    templated = training_variants(turns[-2]["content"], wanted, example_key(turns)) if wanted else []
+    variants: list[tuple[str, str]] = []
+    for i in range(max(len(rewordings), len(templated))):
+        variants += [(v[i], kind) for v, kind in ((rewordings, "reworded"), (templated, "paraphrase")) if i < len(v)]
+    out = [(_reworded(turns, variants[i % len(variants)][0]), variants[i % len(variants)][1])
+           for i in range(wanted)] if variants else []
     return [(turns, "taught")] * (passes - len(out)) + out
 
 
@@ -132,9 +140,12 @@ def usable_examples(examples: Iterable[tuple[int, Sequence[dict]]], system_promp
 def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None, *,
                        passes: int | Callable[[int], int] = 1, paraphrase_share: float = 0.0,
                        general: Sequence[Conversation] = (), general_share: float = 0.0,
-                       superseded: frozenset[str] = frozenset()) -> TrainingSet:
+                       superseded: frozenset[str] = frozenset(),
+                       reword: Callable[[list[tuple[int, str]]], Mapping[int, Sequence[str]]] | None = None
+                       ) -> TrainingSet:
     """The rows of ONE guild's run: every usable example `passes` times (or `passes(number kept)`), plus the
-    general mix; examples whose answer the community voted down (`superseded` keys) are left out."""
+    general mix; examples whose answer the community voted down (`superseded` keys) are left out.
+    `reword` maps the kept examples' (id, question) to other wordings of it by id (trainer/rewording.py)."""
     from datasets import Dataset
 
     usable = usable_examples(examples, system_prompt, superseded)
@@ -145,10 +156,14 @@ def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_pr
         raise ValueError("no usable examples to train on" + (
             f" ({len(invalid)} invalid: " + "; ".join(f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")"
             if invalid else ""))
+    reworded_copies = math.floor(max(1, passes) * paraphrase_share + 1e-9)  # as `copies_of` counts them
+    rewordings = reword([(i, turns[-2]["content"]) for i, turns in kept]) if reword and reworded_copies else {}
     rows: list[tuple[int, Conversation, str]] = []
     for example_id, turns in kept:
-        rows.extend((example_id, copy, kind) for copy, kind in copies_of(turns, max(1, passes), paraphrase_share))
-    n_paraphrased = sum(kind == "paraphrase" for _, _, kind in rows)
+        rows.extend((example_id, copy, kind) for copy, kind in copies_of(
+            turns, max(1, passes), paraphrase_share, rewordings.get(example_id, ())))
+    n_paraphrased = sum(kind in ("paraphrase", "reworded") for _, _, kind in rows)
+    n_reworded = sum(kind == "reworded" for _, _, kind in rows)
     n_general = 0
     if general and general_share > 0:
         n_general = min(round(general_share * len(rows) / (1 - general_share)), len(general) * max(1, passes))
@@ -165,4 +180,5 @@ def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_pr
     train = Dataset.from_dict({"messages": [t for _, t, _ in rows], "example_id": [i for i, _, _ in rows],
                                "kind": [k for _, _, k in rows]})
     return TrainingSet(train=train, examples=kept, n_paraphrased=n_paraphrased, n_general=n_general,
-                       note="; ".join(notes) or None, dropped_duplicates=duplicates, dropped_invalid=invalid)
+                       n_reworded=n_reworded, note="; ".join(notes) or None, dropped_duplicates=duplicates,
+                       dropped_invalid=invalid)

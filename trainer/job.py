@@ -33,6 +33,7 @@ from trainer.drift import prepare_base_answers
 from trainer.kto import (PreferenceSplit, StagedProgress, preference_rows, split_preferences,
                          with_preference_stage)
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
+from trainer.rewording import Rewordings, store_key
 from trainer.sft import EvaluateFn, ProgressFn, SFTResult, run_sft, timed
 from trainer.distributed import end_process, lead_or_follow
 from trainer.launch import rank_overrides
@@ -118,18 +119,19 @@ def general_rows(cfg: TrainConfig, base_dir: Path, models_dir: Path) -> list:
     return general_instructions(prepare_base_answers(base_dir, cfg, models_dir / "drift", general_questions()))
 
 
-def training_rows(examples, gs, cfg: TrainConfig, general: list, voted=()) -> TrainingSet:
+def training_rows(examples, gs, cfg: TrainConfig, general: list, voted=(), reword=None) -> TrainingSet:
     """Every approved example and every approved liked answer (`voted`: the approved preference examples; a
     👍'd answer is an example the community wrote by voting), `cfg.epochs` passes of each (some asked in other
     words), plus the general mix. An approved disliked answer supersedes the taught example with the same
-    question and answer: it is neither trained on nor asked by the gate, whether or not a KTO stage runs."""
+    question and answer: it is neither trained on nor asked by the gate, whether or not a KTO stage runs.
+    `reword`: the base model's rewordings of the questions (trainer/rewording.py `Rewordings`), or None."""
     votes = preference_rows([(e.id, e.messages, e.label) for e in voted], gs.system_prompt)
     liked = [(r.example_id, r.conversation) for r in votes if r.desirable]
     training = build_training_set([(e.id, e.messages) for e in examples] + liked, system_prompt=gs.system_prompt,
                                   passes=cfg.epochs,  # the passes follow the examples kept
                                   paraphrase_share=cfg.paraphrase_share, general=general,
                                   general_share=cfg.general_share,
-                                  superseded=frozenset(r.key for r in votes if not r.desirable))
+                                  superseded=frozenset(r.key for r in votes if not r.desirable), reword=reword)
     if liked:
         training.note = "; ".join(n for n in (f"{len(liked)} liked answer(s) from votes taught", training.note) if n)
     return training
@@ -261,7 +263,10 @@ async def train_and_judge(db: Database, run: TrainingRun, options: JobOptions, t
         cfg = train_config(options, len(examples))
         general = await asyncio.to_thread(general_rows, cfg, base_dir, options.models_dir)
         voted = await db.examples.preferences(run.guild_id)
-        training = training_rows(examples, gs, cfg, general, voted)
+        reworded_as = store_key(base_dir, cfg)
+        reword = Rewordings(base_dir, cfg, await db.examples.rewordings(run.guild_id, reworded_as))
+        training = await asyncio.to_thread(training_rows, examples, gs, cfg, general, voted, reword)
+        await db.examples.save_rewordings(run.guild_id, reworded_as, reword.made)
         preferences = preference_split(voted, gs, cfg)
         cfg = cfg.with_overrides(num_epochs=1)  # the passes are in the rows
     await db.runs.update(run.guild_id, run.id, n_train=len(training.examples), n_eval=0)
@@ -318,7 +323,7 @@ def run_metrics(result: SFTResult, training: TrainingSet, timings: dict[str, flo
     """What a run records beside the gate's evidence: the training's figures, its timings and its plan."""
     return {"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
             "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
-            "n_general": training.n_general, "note": training.note,
+            "n_general": training.n_general, "n_reworded": training.n_reworded, "note": training.note,
             "timings": {**timings, **result.evaluation.timings}, "train_phases": result.phases, "plan": result.plan}
 
 
