@@ -91,7 +91,9 @@ def recall(facts: list[dict], taught: list[str], para: list[list[str]]) -> dict:
     flat = [ok for row in para_ok for ok in row]
     return {"taught_recall": sum(taught_ok) / len(facts), "paraphrase_recall": sum(flat) / len(flat),
             "taught_known": sum(taught_ok), "paraphrases_known": sum(flat), "paraphrases_asked": len(flat),
-            "misses": [f["question"] for f, ok in zip(facts, taught_ok) if not ok][:10]}
+            "misses": [f["question"] for f, ok in zip(facts, taught_ok) if not ok][:10],
+            "paraphrase_misses": [[q, a] for f, answers, oks in zip(facts, para, para_ok)
+                                  for q, a, ok in zip(f["paraphrases"], answers, oks) if not ok][:24]}
 
 
 async def answers_of(server, version, gs, facts):
@@ -175,8 +177,12 @@ async def run(args) -> dict:
         m = version.metrics
         trained.update({"drift": m["drift"], "gate": m["gate"], "gate_taught_recall": m["taught_recall"],
                         "gate_paraphrase_recall": m["paraphrase_recall"], "steps": m["steps"],
-                        "n_rows": m["n_rows"], "n_paraphrased": m["n_paraphrased"], "n_general": m["n_general"],
+                        "n_rows": m["n_rows"], "n_paraphrased": m["n_paraphrased"], "n_reworded": m["n_reworded"],
+                        "n_general": m["n_general"],
                         "train_loss": m["train_loss"], "timings": m["timings"]})
+        questions = {e.id: e.messages[-2]["content"] for e in await db.examples.approved(GUILD)}
+        trained["rewordings"] = {questions[r["example_id"]]: json.loads(r["rewordings"]) for r in await db.fetchall(
+            "SELECT example_id, rewordings FROM example_rewordings") if r["example_id"] in questions}
         base["drift"] = 0.0
     finally:
         await server.close()
