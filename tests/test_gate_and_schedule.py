@@ -35,10 +35,26 @@ def test_gate_tolerates_a_few_lost_answers_and_names_more():
     lost = decide(ev(KEYS, KEYS[3:], KEYS[:10]), previous, previous_name="v1", recall_tolerance=0.05,
                   max_drift=0.1, questions={"k0": "When is raid night?"})
     assert not lost.passed
-    assert "forgot 3 of the 20 questions (taught) that v1 answered (tolerance 5%)" in lost.reason
+    assert "forgot 3 of the 20 questions (taught) that v1 answered, and learned 0 new ones (tolerance 5%)" \
+        in lost.reason
     assert "'When is raid night?'" in lost.reason
     para = decide(ev(KEYS, KEYS, KEYS[:5]), previous, previous_name="v1", recall_tolerance=0.05, max_drift=0.1)
     assert not para.passed and "forgot 5 of the 10 questions (asked differently)" in para.reason
+
+
+def test_gate_counts_what_was_learned_against_what_was_lost():
+    """Two runs that differ in the seed answer different subsets: a version that lost 3 answers and learned 6
+    others is better, and passes, naming the lost ones; one that lost 5 and learned 2 is refused."""
+    previous = ev(KEYS, KEYS[:12], KEYS[:10])
+    better = decide(ev(KEYS, KEYS[3:18], KEYS[:10]), previous, previous_name="v1", recall_tolerance=0.05,
+                    max_drift=0.1, questions={"k0": "When is raid night?"})
+    assert better.passed
+    assert "knows 15/20 taught questions" in better.reason and "(v1: 12/20 and 10/20; lost 3 (taught), e.g. " \
+        "'When is raid night?'; 'k1'; 'k2')" in better.reason
+    worse = decide(ev(KEYS, KEYS[5:14], KEYS[:10]), previous, previous_name="v1", recall_tolerance=0.05,
+                   max_drift=0.1)
+    assert not worse.passed
+    assert "forgot 5 of the 12 questions (taught) that v1 answered, and learned 2 new ones" in worse.reason
 
 
 def test_gate_compares_only_questions_both_were_asked():

@@ -170,7 +170,7 @@ async def test_a_guild_that_turns_rewordings_on_keeps_them_and_a_retrain_reuses_
         rows = await db.fetchall("SELECT example_id, base, question_hash FROM example_rewordings", ())
         assert sorted(r["example_id"] for r in rows) == ids  # every question asked once, kept even if none passed
         (key,) = {r["base"] for r in rows}
-        assert key.endswith(":2:1")
+        assert key.endswith(f":2:{rewording.PROMPT_VERSION}")
         # what the base wrote for the first question, as a moderator would find it kept
         await db.examples.save_rewordings(guild, key, {ids[0]: (question_hash("When is raid night 0?"),
                                                                  ["At what time is raid night 0?"])})
