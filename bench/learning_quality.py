@@ -179,7 +179,9 @@ async def run(args) -> dict:
                         "gate_paraphrase_recall": m["paraphrase_recall"], "steps": m["steps"],
                         "n_rows": m["n_rows"], "n_paraphrased": m["n_paraphrased"], "n_reworded": m["n_reworded"],
                         "n_general": m["n_general"],
-                        "train_loss": m["train_loss"], "timings": m["timings"]})
+                        "train_loss": m["train_loss"], "timings": m["timings"],
+                        # what the gate recorded, for bench/gate_on_reruns.py
+                        "gate_evidence": {k: m[k] for k in ("probed", "taught_known", "paraphrase_known")}})
         questions = {e.id: e.messages[-2]["content"] for e in await db.examples.approved(GUILD)}
         trained["rewordings"] = {questions[r["example_id"]]: json.loads(r["rewordings"]) for r in await db.fetchall(
             "SELECT example_id, rewordings FROM example_rewordings") if r["example_id"] in questions}
