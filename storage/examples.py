@@ -347,16 +347,14 @@ class ExampleRepository:
         """Keep `found` (as `rewordings` returns it) for the guild's live examples; others are skipped."""
         if not found:
             return
-        live = {r["id"] for r in await self.db.fetchall(
-            "SELECT id FROM examples WHERE guild_id=? AND status<>'deleted'", (guild_id,))}
         async with self.db.transaction() as conn:
             for example_id, (question_hash, texts) in found.items():
-                if example_id in live:
-                    await conn.execute(
-                        "INSERT INTO example_rewordings (example_id, base, question_hash, rewordings) VALUES (?,?,?,?)"
-                        " ON CONFLICT (example_id, base) DO UPDATE SET question_hash=excluded.question_hash,"
-                        " rewordings=excluded.rewordings",
-                        (example_id, base, question_hash, json.dumps(texts, ensure_ascii=False)))
+                await conn.execute(
+                    "INSERT INTO example_rewordings (example_id, base, question_hash, rewordings) SELECT ?, ?, ?, ?"
+                    " WHERE EXISTS (SELECT 1 FROM examples WHERE id=? AND guild_id=? AND status<>'deleted')"
+                    " ON CONFLICT (example_id, base) DO UPDATE SET question_hash=excluded.question_hash,"
+                    " rewordings=excluded.rewordings",
+                    (example_id, base, question_hash, json.dumps(texts, ensure_ascii=False), example_id, guild_id))
 
     async def next_pending(self, guild_id: int, *, after_id: int = 0) -> tuple[Example | None, int]:
         """The oldest pending example with id > after_id (Skip moves on), and how many are pending."""

@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from importlib.resources import files
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from storage.conversation import InvalidConversation, validate_conversation
@@ -86,15 +87,19 @@ def _reworded(turns: Conversation, question: str) -> Conversation:
     return [*turns[:-2], {"role": "user", "content": question}, turns[-1]]
 
 
+def paraphrased_copies(passes: int, paraphrase_share: float) -> int:
+    """How many of an example's `passes` copies are asked in other words (`paraphrase_share`, rounded down)."""
+    return math.floor(passes * paraphrase_share + 1e-9)
+
+
 def copies_of(turns: Conversation, passes: int, paraphrase_share: float,
               rewordings: Sequence[str] = ()) -> list[tuple[Conversation, str]]:
     """`passes` copies of one example, `paraphrase_share` of them (rounded down) in other words: the base
     model's `rewordings` of the question (trainer/rewording.py) taking turns with the templated forms."""
-    wanted = math.floor(passes * paraphrase_share + 1e-9)
+    wanted = paraphrased_copies(passes, paraphrase_share)
     templated = training_variants(turns[-2]["content"], wanted, example_key(turns)) if wanted else []
-    variants: list[tuple[str, str]] = []
-    for i in range(max(len(rewordings), len(templated))):
-        variants += [(v[i], kind) for v, kind in ((rewordings, "reworded"), (templated, "paraphrase")) if i < len(v)]
+    turns_taken = zip_longest([(r, "reworded") for r in rewordings], [(t, "paraphrase") for t in templated])
+    variants = [v for pair in turns_taken for v in pair if v is not None]
     out = [(_reworded(turns, variants[i % len(variants)][0]), variants[i % len(variants)][1])
            for i in range(wanted)] if variants else []
     return [(turns, "taught")] * (passes - len(out)) + out
@@ -156,8 +161,8 @@ def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_pr
         raise ValueError("no usable examples to train on" + (
             f" ({len(invalid)} invalid: " + "; ".join(f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")"
             if invalid else ""))
-    reworded_copies = math.floor(max(1, passes) * paraphrase_share + 1e-9)  # as `copies_of` counts them
-    rewordings = reword([(i, turns[-2]["content"]) for i, turns in kept]) if reword and reworded_copies else {}
+    wanted = reword is not None and paraphrased_copies(max(1, passes), paraphrase_share) > 0
+    rewordings = reword([(i, turns[-2]["content"]) for i, turns in kept]) if wanted else {}
     rows: list[tuple[int, Conversation, str]] = []
     for example_id, turns in kept:
         rows.extend((example_id, copy, kind) for copy, kind in copies_of(

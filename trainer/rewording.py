@@ -50,6 +50,11 @@ def prompt_for(question: str) -> str:
     return f"{_HEADER}{shots}Question: {' '.join(question.split())}\nIn other words:"
 
 
+def _normalised(text: str) -> str:
+    """`text` casefolded with its spaces collapsed: how two wordings are told apart."""
+    return " ".join(text.casefold().split())
+
+
 def _stems(text: str) -> set[str]:
     return {w[:_STEM] for w in keywords(text)}
 
@@ -59,7 +64,7 @@ def accepted(question: str, text: str) -> str | None:
     line = text.strip().split("\n", 1)[0].strip().strip("\"'“”")
     if not line.endswith("?") or len(line.split()) > len(question.split()) + _EXTRA_WORDS:
         return None
-    if " ".join(line.casefold().split()) == " ".join(question.casefold().split()):
+    if _normalised(line) == _normalised(question):
         return None
     wanted = _stems(question)
     if not wanted or len(wanted & _stems(line)) < _KEEP_SHARE * len(wanted):
@@ -111,12 +116,12 @@ def reword(model: Any, tokenizer: Any, questions: Sequence[str], n: int, seed: i
                                      max_new_tokens=_MAX_NEW_TOKENS,
                                      num_return_sequences=samples, eos_token_id=stops, pad_token_id=pad)
             for r, q in enumerate(batch):
-                seen = {" ".join(q.casefold().split())}
+                seen = {_normalised(q)}
                 for s in range(samples):
                     text = tokenizer.decode(gen[r * samples + s, width:].tolist(), skip_special_tokens=True)
                     line = accepted(q, text)
-                    if line is not None and " ".join(line.casefold().split()) not in seen and len(out[q]) < n:
-                        seen.add(" ".join(line.casefold().split()))
+                    if line is not None and _normalised(line) not in seen and len(out[q]) < n:
+                        seen.add(_normalised(line))
                         out[q].append(line)
     finally:
         model.train(was_training)
