@@ -68,8 +68,8 @@ def import_facts(facts: list[dict], env: dict[str, str], workdir: Path) -> str:
     return out.stdout.strip()
 
 
-async def ask_all(server, version, gs, questions: list[str]) -> list[str]:
-    from serving.prompting import guild_messages
+async def ask_all(server, notes, version, gs, questions: list[str]) -> list[str]:
+    """Greedy answers as /ask gives them: `notes` (serving.prompting.GuildNotes) builds each question's messages."""
     from serving.protocol import GenerationOptions
 
     options = GenerationOptions(temperature=0.0, max_tokens=ANSWER_TOKENS, timeout_s=3600)
@@ -77,7 +77,8 @@ async def ask_all(server, version, gs, questions: list[str]) -> list[str]:
 
     async def one(q: str) -> str:
         async with gate:
-            return "".join([p async for p in server.chat(version, guild_messages(gs, q), options)]).strip()
+            messages = await notes.messages(gs, version, q)
+            return "".join([p async for p in server.chat(version, messages, options)]).strip()
 
     return list(await asyncio.gather(*(one(q) for q in questions)))
 
@@ -96,33 +97,33 @@ def recall(facts: list[dict], taught: list[str], para: list[list[str]]) -> dict:
                                   for q, a, ok in zip(f["paraphrases"], answers, oks) if not ok][:24]}
 
 
-async def answers_of(server, version, gs, facts):
-    taught = await ask_all(server, version, gs, [f["question"] for f in facts])
-    flat = await ask_all(server, version, gs, [p for f in facts for p in f["paraphrases"]])
+async def answers_of(server, notes, version, gs, facts):
+    taught = await ask_all(server, notes, version, gs, [f["question"] for f in facts])
+    flat = await ask_all(server, notes, version, gs, [p for f in facts for p in f["paraphrases"]])
     para, i = [], 0
     for f in facts:
         para.append(flat[i:i + len(f["paraphrases"])])
         i += len(f["paraphrases"])
-    general = await ask_all(server, version, gs, GENERAL_SAMPLES)
+    general = await ask_all(server, notes, version, gs, GENERAL_SAMPLES)
     return taught, para, general
 
 
 class FirstAnswerClock:
     """Watches the active pointer during training and times the first token of the new version's answer."""
 
-    def __init__(self, db, server, gs, question: str):
-        self.db, self.server, self.gs, self.question = db, server, gs, question
+    def __init__(self, db, server, notes, gs, question: str):
+        self.db, self.server, self.notes, self.gs, self.question = db, server, notes, gs, question
         self.first_token_at: float | None = None
 
     async def watch(self, before_id: int | None) -> None:
-        from serving.prompting import guild_messages
         from serving.protocol import GenerationOptions
 
         while True:
             active = await self.db.versions.active(GUILD)
             if active is not None and active.id != before_id:
                 options = GenerationOptions(temperature=0.0, max_tokens=4, timeout_s=600)
-                async for _ in self.server.chat(active, guild_messages(self.gs, self.question), options):
+                messages = await self.notes.messages(self.gs, active, self.question)
+                async for _ in self.server.chat(active, messages, options):
                     self.first_token_at = time.perf_counter()
                     break
                 return
@@ -136,6 +137,7 @@ async def run(args) -> dict:
     from guildtune.settings import load_settings
     from guildtune.train_command import train_now
     from serving.local_server import LocalServer
+    from serving.prompting import GuildNotes
     from storage.db import Database
 
     facts = load_facts(Path(args.facts_file), args.facts)
@@ -150,17 +152,18 @@ async def run(args) -> dict:
     settings = load_settings()
     console.print(import_facts(facts, env, work))
     db = await Database.open(settings.db_path)
+    notes = GuildNotes(db)
     await db.settings.set(GUILD, system_prompt=SYSTEM_PROMPT)
     gs = await db.settings.get(GUILD)
     server = LocalServer(base_model_dir(settings), device=args.device)
     try:
         t0 = time.perf_counter()
-        base_taught, base_para, base_general = await answers_of(server, None, gs, facts)
+        base_taught, base_para, base_general = await answers_of(server, notes, None, gs, facts)
         base = recall(facts, base_taught, base_para)
         base["ask_s"] = time.perf_counter() - t0
         console.print(f"base: taught {base['taught_recall']:.0%}, paraphrased {base['paraphrase_recall']:.0%}")
 
-        clock = FirstAnswerClock(db, server, gs, facts[0]["question"])
+        clock = FirstAnswerClock(db, server, notes, gs, facts[0]["question"])
         queued = time.perf_counter()
         watcher = asyncio.create_task(clock.watch(None))
         code = await train_now(settings, GUILD, console, server=server)
@@ -171,7 +174,7 @@ async def run(args) -> dict:
         queued_to_answer = clock.first_token_at - queued
         version = await db.versions.active(GUILD)
         t0 = time.perf_counter()
-        taught, para, general = await answers_of(server, version, gs, facts)
+        taught, para, general = await answers_of(server, notes, version, gs, facts)
         trained = recall(facts, taught, para)
         trained["ask_s"] = time.perf_counter() - t0
         m = version.metrics
@@ -215,15 +218,15 @@ async def cast_votes(db, gs, questions: list[dict]) -> int:
     return approved
 
 
-async def preference_scores(server, version, gs, questions: list[dict], facts: list[dict], base_dir: str,
+async def preference_scores(server, notes, version, gs, questions: list[dict], facts: list[dict], base_dir: str,
                             device: str) -> dict:
     """prefers_liked (log-likelihood), disliked_rate (greedy), taught_recall of one published version."""
     from trainer.config import TrainConfig
-    from trainer.dataset import with_system_prompt
-    from trainer.kto import PreferenceRow, answer_loglik
+    from trainer.dataset import PreferenceRow, with_system_prompt
+    from trainer.kto import answer_loglik
     from trainer.sft import evaluation_model
 
-    answers = await ask_all(server, version, gs, [q["question"] for q in questions])
+    answers = await ask_all(server, notes, version, gs, [q["question"] for q in questions])
     disliked = [q["expect_disliked"].casefold() in a.casefold() for q, a in zip(questions, answers)]
     liked = [q["expect_liked"].casefold() in a.casefold() for q, a in zip(questions, answers)]
     rows = []
@@ -235,7 +238,7 @@ async def preference_scores(server, version, gs, questions: list[dict], facts: l
     with evaluation_model(base_dir, version.adapter_path, cfg) as (model, tokenizer):
         loglik = answer_loglik(model, tokenizer, rows, cfg.max_length)
     prefers = [loglik[f"{i}:liked"] > loglik[f"{i}:disliked"] for i in range(len(questions))]
-    taught, para, _ = await answers_of(server, version, gs, facts)
+    taught, para, _ = await answers_of(server, notes, version, gs, facts)
     return {"prefers_liked": sum(prefers) / len(questions), "disliked_rate": sum(disliked) / len(questions),
             "liked_rate": sum(liked) / len(questions), "taught_recall": recall(facts, taught, para)["taught_recall"],
             "drift": version.metrics.get("drift"), "gate": version.metrics.get("gate"),
@@ -250,6 +253,7 @@ async def run_preference(args) -> dict:
     from guildtune.settings import load_settings
     from guildtune.train_command import train_now
     from serving.local_server import LocalServer
+    from serving.prompting import GuildNotes
     from storage.db import Database
 
     facts = load_facts(Path(args.facts_file), args.facts or 16)
@@ -268,6 +272,7 @@ async def run_preference(args) -> dict:
     outdated = [{"question": q["question"], "answer": q["disliked"]} for q in questions]
     console.print(import_facts(facts + outdated, env, work))
     db = await Database.open(settings.db_path)
+    notes = GuildNotes(db)
     await db.settings.set(GUILD, system_prompt=SYSTEM_PROMPT)
     gs = await db.settings.get(GUILD)
     approved = await cast_votes(db, gs, questions)
@@ -286,7 +291,7 @@ async def run_preference(args) -> dict:
                                 "error": getattr(last, "error", None), "config": train_config}
                 continue
             result[name] = {"published": True, "train_s": time.perf_counter() - t0,
-                            **await preference_scores(server, version, gs, questions, facts, base_model_dir(settings),
+                            **await preference_scores(server, notes, version, gs, questions, facts, base_model_dir(settings),
                                                       args.device)}
             if "preference" in version.metrics:
                 result[name]["stage"] = version.metrics["preference"]

@@ -28,17 +28,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from learning_quality import ANSWER_TOKENS, GUILD, SYSTEM_PROMPT, import_facts, load_facts, recall  # noqa: E402
 
 
-def answers_in_memory(base_dir: str, adapter: str | None, facts: list[dict], cfg) -> tuple[list[str], list[list[str]]]:
-    from serving.prompting import guild_messages
+def questions_of(facts: list[dict]) -> list[str]:
+    return [f["question"] for f in facts] + [p for f in facts for p in f["paraphrases"]]
+
+
+async def served_messages(db, version, facts: list[dict]) -> list[list[dict]]:
+    """Every question as /ask would send it to `version` (with its notes, if it was trained with them)."""
+    from serving.prompting import GuildNotes
     from storage.records import GuildSettings
+
+    gs, notes = GuildSettings(guild_id=GUILD, system_prompt=SYSTEM_PROMPT), GuildNotes(db)
+    return [await notes.messages(gs, version, q) for q in questions_of(facts)]
+
+
+def answers_in_memory(base_dir: str, adapter: str | None, facts: list[dict], cfg, asked: list[list[dict]]
+                      ) -> tuple[list[str], list[list[str]]]:
     from trainer.recall import greedy_answers
     from trainer.sft import evaluation_model
 
-    gs = GuildSettings(guild_id=GUILD, system_prompt=SYSTEM_PROMPT)
-    questions = [f["question"] for f in facts] + [p for f in facts for p in f["paraphrases"]]
     with evaluation_model(base_dir, adapter, cfg) as (model, tokenizer):
-        answers = greedy_answers(model, tokenizer, [guild_messages(gs, q) for q in questions],
-                                 [ANSWER_TOKENS] * len(questions), batch_size=64)
+        answers = greedy_answers(model, tokenizer, asked, [ANSWER_TOKENS] * len(asked), batch_size=64)
     taught, rest = answers[:len(facts)], answers[len(facts):]
     para, i = [], 0
     for f in facts:
@@ -70,11 +79,12 @@ async def one_setting(setting: dict, facts: list[dict], args, base_dir: str, ser
         code = await train_now(settings, GUILD, Console(stderr=True), server=server)
         elapsed = time.perf_counter() - t0
         version = await db.versions.active(GUILD)
+        asked = await served_messages(db, version, facts) if version is not None else []
     finally:
         await db.close()
     if code != 0 or version is None:
         return {"setting": setting, "error": f"exit {code}"}
-    taught, para = answers_in_memory(base_dir, version.adapter_path, facts, TrainConfig(device=args.device))
+    taught, para = answers_in_memory(base_dir, version.adapter_path, facts, TrainConfig(device=args.device), asked)
     m = version.metrics
     return {"setting": setting, **recall(facts, taught, para), "drift": m["drift"], "steps": m["steps"],
             "train_loss": m["train_loss"], "gate_taught_recall": m["taught_recall"],

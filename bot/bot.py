@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot.checks import NotModerator, refuse
 from serving.protocol import ModelServer
+from serving.prompting import GuildNotes
 from serving.version_tracker import ActiveVersionTracker
 from storage.db import Database
 
@@ -68,6 +69,7 @@ class GuildtuneBot(commands.Bot):
         self.db = db
         self.options = options
         self.tracker = tracker or ActiveVersionTracker(db, server, poll_s=options.version_poll_s)
+        self.notes = GuildNotes(db)  # the taught answers shown beside a question (serving/notes.py)
         self.message_content_enabled = message_content
         self.extension_names = tuple(extensions)  # tests may load a subset; the CLI loads them all
 

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from guildtune.runtime import make_server
 from guildtune.settings import Settings
-from serving.prompting import guild_messages, guild_options
+from serving.prompting import GuildNotes, guild_options
 from serving.protocol import ModelServerError
 from storage.conversation import is_blank
 from storage.db import Database
@@ -36,7 +36,8 @@ async def ask_once(settings: Settings, guild_id: int, question: str, number: int
         server = await make_server(settings)
         if version is not None:
             await server.publish(version)
-        async for piece in server.chat(version, guild_messages(gs, question), guild_options(gs, settings.answer_timeout_s)):
+        messages = await GuildNotes(db).messages(gs, version, question)
+        async for piece in server.chat(version, messages, guild_options(gs, settings.answer_timeout_s)):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from guildtune.settings import Settings, load_settings
-from serving.prompting import guild_messages
+from serving.prompting import GuildNotes
 from serving.protocol import GenerationOptions
 from storage.db import Database
 
@@ -44,11 +44,12 @@ class Comparison:
     exit_code: int
 
 
-async def answer_all(server, version, gs, questions) -> list[str]:
+async def answer_all(server, notes: GuildNotes, version, gs, questions) -> list[str]:
     options = GenerationOptions(temperature=0.0, max_tokens=40, timeout_s=600)
     answers = []
     for q in questions:
-        pieces = [p async for p in server.chat(version, guild_messages(gs, q), options)]
+        messages = await notes.messages(gs, version, q)
+        pieces = [p async for p in server.chat(version, messages, options)]
         answers.append("".join(pieces).strip())
     return answers
 
@@ -77,11 +78,11 @@ async def teach_train_compare(settings: Settings, guild_id: int, facts: list[dic
             if old is not None:
                 await server.publish(old)
             with console.status("Asking the current model…"):
-                before = await answer_all(server, old, gs, questions)
+                before = await answer_all(server, GuildNotes(db), old, gs, questions)
             code = await train_now(settings, guild_id, console, server=server)
             new = await db.versions.active(guild_id)
             with console.status("Asking again…"):
-                after = await answer_all(server, new, gs, questions) if code == 0 else before
+                after = await answer_all(server, GuildNotes(db), new, gs, questions) if code == 0 else before
         finally:
             await server.close()
     finally:

@@ -402,6 +402,13 @@ class ExampleRepository:
             "WHERE guild_id=? AND status<>'deleted' GROUP BY 1", (VOTE_SOURCE, guild_id))}
         return {"status": by_status, "source": by_source}
 
+    async def fingerprint(self, guild_id: int) -> tuple:
+        """Changes whenever any of the guild's examples does (every write sets `updated_at`): what a cache
+        of the guild's taught answers (serving.prompting.GuildNotes) checks before it is reused."""
+        row = await self.db.fetchone(
+            "SELECT COUNT(*) AS n, MAX(updated_at) AS t, MAX(id) AS last FROM examples WHERE guild_id=?", (guild_id,))
+        return int(row["n"]), row["t"], row["last"]
+
     async def approved_since(self, guild_id: int, since: float) -> int:
         """Approved examples decided after `since` (what the minimum-new-examples trigger counts)."""
         row = await self.db.fetchone(

@@ -9,8 +9,8 @@ import pytest
 
 from trainer.config import TrainConfig
 from trainer.gate import Evidence, PreferenceCheck, decide
-from trainer.kto import (PreferenceRow, label_weights, margin, preference_rows, run_preference_stage,
-                         split_preferences, tokenized_rows)
+from trainer.dataset import PreferenceRow, preference_rows
+from trainer.kto import label_weights, margin, run_preference_stage, split_preferences, tokenized_rows
 
 SYSTEM = "You are the assistant of the guild."
 #: (question, liked answer, disliked answer)

@@ -112,6 +112,10 @@ class TrainConfig:
                 "(trainer/rewording.py), used for those copies in turn with the templated ones. Off (0) by "
                 "default: on the embedded 270M base, 2 raised paraphrase recall on 30 facts (43% -> 62%) but "
                 "not on 48, for about 2 CPU minutes on a first run (bench/RESULTS.md)."})
+    notes: int = field(default=3, metadata={
+        "help": "Taught answers shown beside each question, found by its words (serving/notes.py), in training "
+                "and in serving alike: a member who asks in other words still gets the taught answer. 0 turns "
+                "it off (a version is served as it was trained)."})
     general_share: float = field(default=0.15, metadata={
         "help": "Share of the rows taken from the shipped general instructions (trainer/data/), so learning "
                 "the community's facts does not wreck the model's other answers. 0 turns it off."})
@@ -169,6 +173,8 @@ class TrainConfig:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
         if not 0 <= self.base_rewordings <= 8:
             problems.append(f"base_rewordings={self.base_rewordings} must be between 0 and 8")
+        if not 0 <= self.notes <= 8:
+            problems.append(f"notes={self.notes} must be between 0 and 8")
         if not 0 <= self.paraphrase_share <= 1:
             problems.append(f"paraphrase_share={self.paraphrase_share} must be between 0 and 1")
         if self.general_answers not in ("base", "written"):

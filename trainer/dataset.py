@@ -25,6 +25,7 @@ from importlib.resources import files
 from itertools import zip_longest
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
+from serving.notes import NoteIndex, with_notes
 from storage.conversation import InvalidConversation, validate_conversation
 from trainer.paraphrase import training_variants
 from trainer.recall import example_key
@@ -52,10 +53,17 @@ class TrainingSet:
     note: str | None
     dropped_duplicates: list[int] = field(default_factory=list)
     dropped_invalid: dict[int, str] = field(default_factory=dict)
+    #: the kept examples as notes (serving/notes.py), shown `notes_per_question` at a time; None: no notes
+    note_index: NoteIndex | None = None
+    notes_per_question: int = 0
 
     @property
     def example_ids(self) -> list[int]:
         return [i for i, _ in self.examples]
+
+    def as_served(self, messages: Conversation) -> Conversation:
+        """A question as the trained version will be asked it: with its notes, as its rows had them."""
+        return with_notes(messages, self.note_index, self.notes_per_question)
 
 
 def with_system_prompt(turns: Conversation, system_prompt: str | None) -> Conversation:
@@ -142,15 +150,56 @@ def usable_examples(examples: Iterable[tuple[int, Sequence[dict]]], system_promp
     return usable
 
 
+@dataclass(frozen=True)
+class PreferenceRow:
+    """One voted answer: the conversation asked (system prompt first), the answer, liked or not."""
+
+    example_id: int
+    key: str
+    prompt: Conversation
+    completion: str
+    desirable: bool
+
+    @property
+    def conversation(self) -> Conversation:
+        return [*self.prompt, {"role": "assistant", "content": self.completion}]
+
+
+def preference_rows(examples: Iterable[tuple[int, Sequence[dict], str]], system_prompt: str | None
+                    ) -> list[PreferenceRow]:
+    """(id, messages, label) of approved preference examples → rows, checked and deduplicated like SFT's."""
+    labels = {}
+    pairs = []
+    for example_id, messages, label in examples:
+        labels[example_id] = label
+        pairs.append((example_id, messages))
+    kept = usable_examples(pairs, system_prompt).kept
+    return [PreferenceRow(i, example_key(turns), turns[:-1], turns[-1]["content"], labels[i] == "desirable")
+            for i, turns in kept]
+
+
+def taught_conversations(examples: Iterable[tuple[int, Sequence[dict]]], voted: Iterable[tuple[int, Sequence[dict], str]],
+                         system_prompt: str | None = None) -> tuple[list[tuple[int, Conversation]], frozenset[str]]:
+    """What the guild has taught, as a run trains on it: the approved demonstrations (id, messages) and the
+    approved liked answers of `voted` (id, messages, label: a 👍'd answer is an example the community wrote
+    by voting), with the keys of the disliked ones, which supersede a taught example of the same question and
+    answer (`usable_examples`). Serving's notes (serving/notes.py) read the same set."""
+    votes = preference_rows(voted, system_prompt)
+    liked = [(r.example_id, r.conversation) for r in votes if r.desirable]
+    return [*examples, *liked], frozenset(r.key for r in votes if not r.desirable)
+
+
 def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_prompt: str | None = None, *,
                        passes: int | Callable[[int], int] = 1, paraphrase_share: float = 0.0,
                        general: Sequence[Conversation] = (), general_share: float = 0.0,
                        superseded: frozenset[str] = frozenset(),
-                       reword: Callable[[list[tuple[int, str]]], Mapping[int, Sequence[str]]] | None = None
-                       ) -> TrainingSet:
+                       reword: Callable[[list[tuple[int, str]]], Mapping[int, Sequence[str]]] | None = None,
+                       notes: int = 0) -> TrainingSet:
     """The rows of ONE guild's run: every usable example `passes` times (or `passes(number kept)`), plus the
     general mix; examples whose answer the community voted down (`superseded` keys) are left out.
-    `reword` maps the kept examples' (id, question) to other wordings of it by id (trainer/rewording.py)."""
+    `reword` maps the kept examples' (id, question) to other wordings of it by id (trainer/rewording.py).
+    `notes`: each row's question carries that many of the kept examples nearest it (serving/notes.py), as
+    it will when served; general rows too, so a version learns to pass over a note that does not answer."""
     from datasets import Dataset
 
     usable = usable_examples(examples, system_prompt, superseded)
@@ -174,16 +223,19 @@ def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_pr
         n_general = min(round(general_share * len(rows) / (1 - general_share)), len(general) * max(1, passes))
         rows.extend((GENERAL_ROW_ID, with_system_prompt(list(general[i % len(general)]), system_prompt), "general")
                     for i in range(n_general))
-    notes = []
+    index = NoteIndex.of_conversations(turns for _, turns in kept) if notes > 0 else None
+    if index is not None:
+        rows = [(i, with_notes(turns, index, notes), kind) for i, turns, kind in rows]
+    remarks = []
     if duplicates:
-        notes.append(f"{len(duplicates)} duplicate example(s) skipped")
+        remarks.append(f"{len(duplicates)} duplicate example(s) skipped")
     if usable.voted_down:
-        notes.append(f"{len(usable.voted_down)} example(s) left out: their answer was voted down")
+        remarks.append(f"{len(usable.voted_down)} example(s) left out: their answer was voted down")
     if invalid:
-        notes.append(f"{len(invalid)} unusable example(s) skipped (" + "; ".join(
+        remarks.append(f"{len(invalid)} unusable example(s) skipped (" + "; ".join(
             f"#{i}: {r}" for i, r in list(invalid.items())[:3]) + ")")
     train = Dataset.from_dict({"messages": [t for _, t, _ in rows], "example_id": [i for i, _, _ in rows],
                                "kind": [k for _, _, k in rows]})
     return TrainingSet(train=train, examples=kept, n_paraphrased=n_paraphrased, n_general=n_general,
-                       n_reworded=n_reworded, note="; ".join(notes) or None, dropped_duplicates=duplicates,
-                       dropped_invalid=invalid)
+                       n_reworded=n_reworded, note="; ".join(remarks) or None, dropped_duplicates=duplicates,
+                       dropped_invalid=invalid, note_index=index, notes_per_question=notes if index else 0)

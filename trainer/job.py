@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -27,10 +27,11 @@ from storage.db import Database
 from storage.records import Example, ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
 from trainer.config import TrainConfig
-from trainer.dataset import TrainingSet, build_training_set, general_instructions, general_questions
+from trainer.dataset import (TrainingSet, build_training_set, general_instructions, general_questions,
+                             preference_rows, taught_conversations)
 from trainer.gate import Evidence, GoldenCheck, decide
 from trainer.drift import prepare_base_answers
-from trainer.kto import (PreferenceSplit, StagedProgress, preference_rows, split_preferences,
+from trainer.kto import (PreferenceSplit, StagedProgress, split_preferences,
                          with_preference_stage)
 from trainer.recall import RecallScores, build_probes, example_key, greedy_answers, recall_scores
 from trainer.rewording import Rewordings, store_key
@@ -125,15 +126,16 @@ def training_rows(examples, gs, cfg: TrainConfig, general: list, voted=(), rewor
     words), plus the general mix. An approved disliked answer supersedes the taught example with the same
     question and answer: it is neither trained on nor asked by the gate, whether or not a KTO stage runs.
     `reword`: the base model's rewordings of the questions (trainer/rewording.py `Rewordings`), or None."""
-    votes = preference_rows([(e.id, e.messages, e.label) for e in voted], gs.system_prompt)
-    liked = [(r.example_id, r.conversation) for r in votes if r.desirable]
-    training = build_training_set([(e.id, e.messages) for e in examples] + liked, system_prompt=gs.system_prompt,
+    taught, superseded = taught_conversations([(e.id, e.messages) for e in examples],
+                                              [(e.id, e.messages, e.label) for e in voted], gs.system_prompt)
+    training = build_training_set(taught, system_prompt=gs.system_prompt,
                                   passes=cfg.epochs,  # the passes follow the examples kept
                                   paraphrase_share=cfg.paraphrase_share, general=general,
-                                  general_share=cfg.general_share,
-                                  superseded=frozenset(r.key for r in votes if not r.desirable), reword=reword)
+                                  general_share=cfg.general_share, superseded=superseded, reword=reword,
+                                  notes=cfg.notes)
+    liked = len(taught) - len(examples)
     if liked:
-        training.note = "; ".join(n for n in (f"{len(liked)} liked answer(s) from votes taught", training.note) if n)
+        training.note = "; ".join(n for n in (f"{liked} liked answer(s) from votes taught", training.note) if n)
     return training
 
 
@@ -183,7 +185,8 @@ def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSe
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    probes = build_probes([turns for _, turns in training.examples], options.gate_sample)
+    probes = [replace(p, messages=training.as_served(p.messages))
+              for p in build_probes([turns for _, turns in training.examples], options.gate_sample)]
     candidate = recall_scores(model, tokenizer, probes)
     timings["recall_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -197,7 +200,7 @@ def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSe
     golden = []
     if gs.golden_questions:
         t0 = time.perf_counter()
-        asked = [guild_messages(gs, q["question"]) for q in gs.golden_questions]
+        asked = [training.as_served(guild_messages(gs, q["question"])) for q in gs.golden_questions]
         answers = greedy_answers(model, tokenizer, asked, [GOLDEN_ANSWER_TOKENS] * len(asked))
         golden = [GoldenCheck(q["question"], q["expect"], a) for q, a in zip(gs.golden_questions, answers)]
         timings["golden_s"] = time.perf_counter() - t0
@@ -324,6 +327,7 @@ def run_metrics(result: SFTResult, training: TrainingSet, timings: dict[str, flo
     return {"train_loss": result.train_loss, "steps": result.steps, "n_train": len(training.examples),
             "n_rows": len(training.train), "n_paraphrased": training.n_paraphrased,
             "n_general": training.n_general, "n_reworded": training.n_reworded, "note": training.note,
+            "notes": training.notes_per_question,
             "timings": {**timings, **result.evaluation.timings}, "train_phases": result.phases, "plan": result.plan}
 
 

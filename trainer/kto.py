@@ -32,32 +32,16 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from trainer.config import TrainConfig
-from trainer.dataset import usable_examples
+from trainer.dataset import PreferenceRow
 from trainer.gate import PreferenceCheck
-from trainer.recall import example_key
 from trainer.sft import ProgressFn, StepWatch, encode_conversation, mean_token_nll, progress_callback
 
 log = logging.getLogger("trainer.kto")
 
 Conversation = list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class PreferenceRow:
-    """One voted answer: the conversation asked (system prompt first), the answer, liked or not."""
-
-    example_id: int
-    key: str
-    prompt: Conversation
-    completion: str
-    desirable: bool
-
-    @property
-    def conversation(self) -> Conversation:
-        return [*self.prompt, {"role": "assistant", "content": self.completion}]
 
 
 @dataclass
@@ -68,19 +52,6 @@ class PreferenceSplit:
     held_out: list[PreferenceRow]
     #: None when the stage runs; else the sentence saying why it does not
     skipped: str | None = None
-
-
-def preference_rows(examples: Iterable[tuple[int, Sequence[dict], str]], system_prompt: str | None
-                    ) -> list[PreferenceRow]:
-    """(id, messages, label) of approved preference examples → rows, checked and deduplicated like SFT's."""
-    labels = {}
-    pairs = []
-    for example_id, messages, label in examples:
-        labels[example_id] = label
-        pairs.append((example_id, messages))
-    kept = usable_examples(pairs, system_prompt).kept
-    return [PreferenceRow(i, example_key(turns), turns[:-1], turns[-1]["content"], labels[i] == "desirable")
-            for i, turns in kept]
 
 
 def _holdout_rank(key: str) -> int:

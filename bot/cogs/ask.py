@@ -23,7 +23,7 @@ from bot.contributions import contribute
 from bot.custom_ids import ANSWER
 from bot.formatting import FORM_FIELD_LIMIT, NO_MENTIONS, retry_hint, shorten, split_message
 from bot.replies import decision_text
-from serving.prompting import guild_messages, guild_options
+from serving.prompting import guild_options
 from serving.protocol import ModelServerError, ModelServerUnavailable
 from storage.conversation import is_blank
 from storage.records import Answer, ModelVersion
@@ -296,13 +296,13 @@ class AskCog(commands.Cog):
         gs = await self.bot.db.settings.get(guild_id)
         version = self.bot.tracker.get(guild_id)
         timeout_s = self.bot.options.answer_timeout_s
-        messages = guild_messages(gs, question)
         options = guild_options(gs, timeout_s)
         stream = AnswerStream(interaction, ephemeral=private)
         text, problem = "", None
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s):
+                messages = await self.bot.notes.messages(gs, version, question)
                 async for piece in self.bot.server.chat(version, messages, options):
                     text += piece
                     if text.strip():
