@@ -8,6 +8,8 @@ three modes of the same server code, in this order, on the same model in one pro
   sequential  batching="off": one question at a time (the server before batching: the baseline)
   mixed       batching="mixed": every waiting question in one round, adapters mixed per row
   grouped     batching="grouped": one round per adapter
+  mixed_peft  (only if asked for) "mixed" as the server was before session 7: rounds of several
+              adapters through PEFT's own `adapter_names`, and cuDNN attention allowed
 Per level and mode: aggregate generated tokens/s (tokens of every answer / wall time from the
 first ask to the last token), p50/p95 time to first token and to the full answer, errors; and
 the ratios against the sequential baseline and against one question alone. Answers are greedy
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -51,7 +54,8 @@ QUESTIONS = [
     "How many points do I need for the veteran badge?",
 ]
 MODES = ("sequential", "mixed", "grouped")
-BATCHING = {"sequential": "off", "mixed": "mixed", "grouped": "grouped"}
+EXTRA_MODES = ("mixed_peft",)
+BATCHING = {"sequential": "off", "mixed": "mixed", "grouped": "grouped", "mixed_peft": "mixed"}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -90,15 +94,29 @@ def resolve_model(args, work: Path) -> tuple[Path, str]:
 
 
 def random_copy(folder: Path, work: Path, args) -> Path:
-    """Config and tokenizer of `folder` with freshly initialised weights, saved under `work`."""
+    """Config and tokenizer of `folder` with freshly initialised weights, saved under `work`.
+
+    The special tokens' embedding rows are zeroed (tied: their logits are 0, below the best random
+    one), so the random model never picks a control token. Why: answers skip those tokens' text, and
+    a random row that repeats one streams nothing for dozens of steps, which the time to first text
+    would count although the server sent a token every step; a trained model starts with text.
+    Same shapes, same kernels: the speed is the real model's."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out = work / "random-base"
     shutil.copytree(folder, out, ignore=shutil.ignore_patterns(*WEIGHT_FILES, "*.safetensors"))
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), dtype=dtype).save_pretrained(out)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    special = sorted({i for i, t in tokenizer.added_tokens_decoder.items() if t.special} | set(tokenizer.all_special_ids))
+    with torch.no_grad():
+        model.get_input_embeddings().weight[special] = 0
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is not model.get_input_embeddings().weight:
+            head.weight[special] = 0
+    model.save_pretrained(out)
     return out
 
 
@@ -180,7 +198,30 @@ async def one_level(server, tokenizer, active: dict, spare: list, n: int, option
             "errors": len(errors), "error_messages": errors[:5]}
 
 
+@contextlib.contextmanager
+def server_before_session7():
+    """Mixed rounds through PEFT's adapter_names, attention free to use cuDNN and no warm-up round
+    at base load, as before session 7."""
+    from serving import batch_generation, generation
+
+    saved = batch_generation.stacked_lora_plan, generation.decoding_attention, generation.warms_up
+    batch_generation.stacked_lora_plan = lambda model, names: None
+    generation.decoding_attention = lambda device: contextlib.nullcontext()
+    generation.warms_up = lambda device: False
+    try:
+        yield
+    finally:
+        batch_generation.stacked_lora_plan, generation.decoding_attention, generation.warms_up = saved
+
+
 async def run_mode(mode: str, base: Path, adapters: list[Path], args, options) -> dict[int, dict]:
+    if mode == "mixed_peft":
+        with server_before_session7():
+            return await run_mode_as_is(mode, base, adapters, args, options)
+    return await run_mode_as_is(mode, base, adapters, args, options)
+
+
+async def run_mode_as_is(mode: str, base: Path, adapters: list[Path], args, options) -> dict[int, dict]:
     from transformers import AutoTokenizer
 
     from serving.local_server import LocalServer
@@ -200,7 +241,9 @@ async def run_mode(mode: str, base: Path, adapters: list[Path], args, options) -
             async for _ in server.chat(v, [{"role": "user", "content": "Hello"}], warm):
                 pass
         out = {}
-        for n in args.levels:
+        levels = args.levels if mode not in ("sequential", "grouped") or not args.baseline_levels \
+            else [n for n in args.levels if n in args.baseline_levels]
+        for n in levels:
             out[n] = await one_level(server, tokenizer, active, spare, n, options)
             fig = out[n]
             print(f"  {mode:10s} {n:3d} questions: {fig['tokens_per_s']:8.1f} tok/s  ttft p50 {fig['ttft_p50_s']:.2f} "
@@ -219,13 +262,15 @@ def summarize(by_mode: dict[str, dict[int, dict]], levels: list[int]) -> dict:
     for n in levels:
         entry = dict(main[n])
         for mode, figures in by_mode.items():
-            if figures is not main:
+            if figures is not main and n in figures:
                 entry[mode] = figures[n]
-        if "sequential" in by_mode and by_mode["sequential"][n]["tokens_per_s"] > 0:
+        if n in by_mode.get("sequential", {}) and by_mode["sequential"][n]["tokens_per_s"] > 0:
             seq = by_mode["sequential"][n]["tokens_per_s"]
             entry["ratio_vs_sequential"] = round(entry["tokens_per_s"] / seq, 2)
-            if "grouped" in by_mode and main is not by_mode["grouped"]:
+            if n in by_mode.get("grouped", {}) and main is not by_mode["grouped"]:
                 entry["grouped_ratio_vs_sequential"] = round(by_mode["grouped"][n]["tokens_per_s"] / seq, 2)
+        if "mixed_peft" in by_mode and main is not by_mode["mixed_peft"] and by_mode["mixed_peft"][n]["tokens_per_s"] > 0:
+            entry["ratio_vs_mixed_peft"] = round(entry["tokens_per_s"] / by_mode["mixed_peft"][n]["tokens_per_s"], 2)
         if alone:
             entry["ratio_vs_one_alone"] = round(entry["tokens_per_s"] / alone, 2)
         out[str(n)] = entry
@@ -260,13 +305,17 @@ async def main(args) -> dict:
 
 
 def report(result: dict, levels: list[int]) -> None:
-    print("\nlevel  mixed tok/s  sequential tok/s  ratio  grouped ratio  vs one alone  ttft p95  errors")
+    print("\nlevel  mixed tok/s  sequential tok/s  ratio  grouped ratio  vs one alone  ttft p95  before-7 tok/s  ttft p95"
+          "  errors")
     for n in levels:
         e = result[str(n)]
         seq = e.get("sequential", {}).get("tokens_per_s", float("nan"))
+        before = e.get("mixed_peft", {})
         print(f"{n:5d}  {e['tokens_per_s']:11.1f}  {seq:16.1f}  {e.get('ratio_vs_sequential', float('nan')):5.2f}  "
               f"{e.get('grouped_ratio_vs_sequential', float('nan')):13.2f}  {e.get('ratio_vs_one_alone', float('nan')):12.2f}"
-              f"  {e['ttft_p95_s']:7.2f}s  {e['errors'] + sum(e.get(m, {}).get('errors', 0) for m in MODES)}")
+              f"  {e['ttft_p95_s']:7.2f}s  {before.get('tokens_per_s', float('nan')):14.1f}  "
+              f"{before.get('ttft_p95_s', float('nan')):7.2f}s"
+              f"  {e['errors'] + sum(e.get(m, {}).get('errors', 0) for m in MODES + EXTRA_MODES)}")
 
 
 def parse_args(argv=None):
@@ -278,7 +327,8 @@ def parse_args(argv=None):
                                              "or data/models)")
     parser.add_argument("--random-init", action="store_true", help="random weights of the model's shape")
     parser.add_argument("--levels", help="comma-separated question counts (default 1,4,16; cuda: 1,4,16,64)")
-    parser.add_argument("--modes", default=",".join(MODES), help="subset of " + ",".join(MODES))
+    parser.add_argument("--modes", default=",".join(MODES), help="subset of " + ",".join(MODES + EXTRA_MODES))
+    parser.add_argument("--baseline-levels", help="levels at which sequential and grouped run (default: all)")
     parser.add_argument("--max-tokens", type=int, help="answer length (default 48 on cpu, 256 on cuda)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -288,10 +338,11 @@ def parse_args(argv=None):
         parser.error(f"--device {args.device}: use cpu or cuda")
     gpu = args.device.startswith("cuda")
     args.levels = [int(x) for x in (args.levels or ("1,4,16,64" if gpu else "1,4,16")).split(",")]
+    args.baseline_levels = [int(x) for x in args.baseline_levels.split(",")] if args.baseline_levels else None
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in args.modes if m not in MODES]
+    unknown = [m for m in args.modes if m not in MODES + EXTRA_MODES]
     if unknown or not args.modes:
-        parser.error(f"--modes {','.join(unknown) or '(empty)'}: choose from {','.join(MODES)}")
+        parser.error(f"--modes {','.join(unknown) or '(empty)'}: choose from {','.join(MODES + EXTRA_MODES)}")
     args.max_tokens = args.max_tokens or (256 if gpu else 48)
     return args
 

@@ -7,18 +7,24 @@ one `PieceStreamer` per row) and `RowLimits` (a `StoppingCriteria` that finishes
 `max_tokens` or as soon as its asker leaves). Rows are left-padded, so `generate` derives each
 row's positions from the attention mask and a greedy row decodes exactly as it would alone.
 
-PEFT's mixed-adapter batches ride on the same call: `adapter_names=[...]` (one name per row,
-`"__base__"` for the base model) is passed through `PeftModel.generate` to every LoRA layer,
-which applies each adapter to its own sub-batch. Its limits (peft 0.17-0.21, checked in
-`peft/tuners/lora/layer.py`): inference only, no merged adapters, no DoRA, and every distinct
-adapter costs one more small matmul per LoRA layer, so a batch of many different adapters is
-slower per row than one of a single adapter.
+Rows with different adapters (guilds) decode in the same call through `mixed_adapters`: for
+the round, each LoRA layer gets the round's adapters side by side (their A matrices stacked into
+one, their B matrices likewise) and a per-row mask that keeps each row's own adapter and its
+scaling, so a layer costs three kernels (x @ A, mask, out += h @ B) whatever the number of
+adapters. PEFT's own mixed batches (`adapter_names=[...]`, one name per row) are the fallback for
+adapters this does not cover (DoRA and other variants, embedding or bias LoRA, extra trained
+modules): for every LoRA layer at every step they rebuild each adapter's row list in Python and
+index with it, about ten kernels and three host-to-device copies per adapter, each copy waiting
+for the GPU to drain (peft 0.17-0.21, `LoraLayer._mixed_batch_forward`). On the H200 that made a
+step of 4 rows from 4 guilds slower than 4 answers one after another (bench/RESULTS.md).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -134,7 +140,8 @@ class RowStreams(BaseStreamer):
 def generate_rows(model: Any, tokenizer: Any, rows: list[Row], options: GenerationOptions,
                   adapter_names: list[str] | None = None) -> None:
     """Decode `rows` together (sampling knobs from `options`, shared by all rows); each row's text
-    goes to its own `emit`. `adapter_names` (one per row) needs a PeftModel holding those adapters."""
+    goes to its own `emit`. `adapter_names` (one per row, "__base__" for the base model) needs a
+    PeftModel holding those adapters."""
     if not rows:
         raise ValueError("generate_rows needs at least one row")
     if adapter_names is not None and len(adapter_names) != len(rows):
@@ -149,10 +156,10 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[Row], options: Generati
         input_ids[index, width - length:] = row.input_ids
         attention_mask[index, width - length:] = 1
     stops = generation.stop_token_ids(tokenizer, model)
-    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
     if options.seed is not None and len(rows) == 1:
         torch.manual_seed(options.seed)
-    with torch.inference_mode():
+    mixing = mixed_adapters(model, adapter_names) if adapter_names is not None else contextlib.nullcontext({})
+    with torch.inference_mode(), generation.decoding_attention(str(device)), mixing as extra:
         model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -165,3 +172,118 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[Row], options: Generati
             **extra,
         )
 
+
+@contextlib.contextmanager
+def mixed_adapters(model: Any, adapter_names: list[str]) -> Iterator[dict[str, Any]]:
+    """Within it, `model.generate(**extra)` (extra: what it yields) applies row i's adapter
+    `adapter_names[i]` to row i. Stacked LoRA (see the module doc) when every LoRA layer is plain;
+    otherwise PEFT's `adapter_names` path, which handles every kind of adapter, slowly."""
+    found = stacked_lora_plan(model, adapter_names)
+    if found is None:
+        yield {"adapter_names": list(adapter_names)}
+        return
+    plan, layers = found
+    # Every LoRA layer computes only its base layer for the round; the hooks add each row's adapter.
+    # Layer by layer rather than PeftModel.disable_adapter(), which first walks the whole model for
+    # its status report (~30 ms for Gemma 3 270M with 4 adapters, before every round's first token).
+    switched = [layer for layer in layers if not layer.disable_adapters]
+    handles = []
+    try:
+        for layer in switched:
+            layer.enable_adapters(False)
+        for layer, a_stack, b_stack, mask in plan:
+            handles.append(layer.register_forward_hook(functools.partial(_add_stacked_lora, a_stack, b_stack, mask)))
+        yield {}
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer in switched:
+            layer.enable_adapters(True)
+
+
+def stacked_lora_plan(model: Any, adapter_names: list[str]) -> tuple[list, list] | None:
+    """(plan, every LoRA layer of the model), or None when an adapter of the round is not plain LoRA
+    on a linear layer, so the caller uses PEFT's own path. The plan has, per LoRA layer holding any
+    of the round's adapters: (layer, stacked A (R, in), stacked B (out, R), mask (rows, 1, R) holding
+    each row's scaling on its adapter's columns).
+
+    Built once per round (two concatenations per layer), so no step indexes, copies or syncs."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    wanted = [name for name in dict.fromkeys(adapter_names) if name != "__base__"]
+    plan, layers = [], []
+    masks: dict[tuple, torch.Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            return None  # modules_to_save / trainable tokens: only PEFT knows how to mix them
+        if not isinstance(module, LoraLayer):
+            continue
+        layers.append(module)
+        present = [name for name in wanted if name in module.lora_A or name in module.lora_embedding_A]
+        if not present:
+            continue
+        if type(module) is not LoraLinear or module.merged:
+            return None
+        base = module.get_base_layer()
+        if not isinstance(base, torch.nn.Linear):
+            return None
+        a_parts, b_parts, layout = [], [], []
+        for name in present:
+            lora_a, lora_b = module.lora_A[name], module.lora_B[name]
+            if name in module.lora_variant or not isinstance(lora_a, torch.nn.Linear) \
+                    or not isinstance(lora_b, torch.nn.Linear) or lora_b.bias is not None \
+                    or lora_a.weight.dtype != base.weight.dtype or lora_b.weight.dtype != base.weight.dtype:
+                return None
+            a_parts.append(lora_a.weight)
+            b_parts.append(lora_b.weight)
+            layout.append((name, lora_a.weight.shape[0], float(module.scaling[name])))
+        key = (tuple(layout), base.weight.device, base.weight.dtype)
+        mask = masks.get(key)
+        if mask is None:
+            mask = masks[key] = _row_mask(adapter_names, layout).to(base.weight.device, base.weight.dtype)
+        a_stack = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts, dim=0)
+        b_stack = b_parts[0] if len(b_parts) == 1 else torch.cat(b_parts, dim=1)
+        plan.append((module, a_stack, b_stack, mask))
+    return plan, layers
+
+
+def _row_mask(adapter_names: list[str], layout: list[tuple[str, int, float]]) -> torch.Tensor:
+    """(rows, 1, R): row i's scaling on the columns of its adapter, zero elsewhere (a "__base__" row,
+    or an adapter that does not target this layer, is all zeros)."""
+    columns: dict[str, tuple[int, int, float]] = {}
+    start = 0
+    for name, rank, scaling in layout:
+        columns[name] = (start, start + rank, scaling)
+        start += rank
+    mask = torch.zeros(len(adapter_names), 1, start)
+    for row, name in enumerate(adapter_names):
+        if name in columns:
+            first, last, scaling = columns[name]
+            mask[row, 0, first:last] = scaling
+    return mask
+
+
+def _add_stacked_lora(a_stack: torch.Tensor, b_stack: torch.Tensor, mask: torch.Tensor,
+                      module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of one LoRA layer: output += ((x @ A.T) * mask) @ B.T, every row its own adapter."""
+    x = args[0]
+    h = torch.nn.functional.linear(x, a_stack)
+    h.mul_(mask)  # (rows, tokens, R) * (rows, 1, R)
+    flat = output.view(-1, output.shape[-1])
+    flat.addmm_(h.view(-1, h.shape[-1]), b_stack.t())
+    return output
+
+
+def warm_up(model: Any, tokenizer: Any, device: str) -> None:
+    """Decode two short left-padded rows once, so the first real round does not pay the GPU's
+    first-use costs (kernels loaded on first call, cuBLAS handles, the masked attention path).
+    Called when the base model loads on a GPU (LocalServer), so `preload` at start absorbs them."""
+    from serving.protocol import GenerationOptions
+
+    options = GenerationOptions(temperature=0, max_tokens=2, timeout_s=60)
+    rows = [Row(prompt_ids(model, tokenizer, device, [{"role": "user", "content": text}], options), 2,
+                threading.Event(), lambda _: None, lambda: None)
+            for text in ("Hello", "Hello, what is the plan for tonight?")]
+    generate_rows(model, tokenizer, rows, options)

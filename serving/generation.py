@@ -6,6 +6,7 @@ pays for torch and transformers only once it really answers from a local model.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -185,6 +186,28 @@ def _module_size(module: Any, side: str) -> int | None:
     if isinstance(module, torch.nn.Embedding):
         return module.num_embeddings if side == "in" else module.embedding_dim
     return None
+
+
+def warms_up(device: str) -> bool:
+    """Whether a freshly loaded base model decodes a throwaway round first: on a GPU, where a process's
+    first round pays one-off costs before its first token (0.8 s on the H200, bench/serve_ttft.py)."""
+    return str(device).startswith("cuda")
+
+
+def decoding_attention(device: str) -> Any:
+    """The context decoding runs in: on CUDA, scaled-dot-product attention without its cuDNN backend.
+
+    Why: PyTorch picks cuDNN attention first on Hopper GPUs, and cuDNN builds an execution plan for
+    every new shape. Decoding with transformers' growing cache gives every step a new key length, so
+    each step paid a plan: on the H200 a step of Gemma 3 270M took 65 ms with new shapes against 33 ms
+    when the same shapes came again, and the first round with padded rows spent 1.7 s in its prefill
+    (bench/serve_ttft.py). Flash and memory-efficient attention need no plan. Scoped to decoding (the
+    backend flags are process-wide): training keeps its own choice."""
+    if not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], device: str) -> dict[str, Any]:

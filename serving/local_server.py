@@ -12,8 +12,10 @@ oldest waiting question and every other waiting one that can share its decoding 
 knobs; adapters that fit in memory together), up to `max_batch_size`, and decodes them with one
 `generate` call (`serving.batch_generation`): each row streams to its own asker, ends at its
 own `max_tokens` or stop token, and stops at the next token when its asker leaves. Different
-guilds' versions share a round through PEFT's mixed-adapter batches (`adapter_names`, one per
-row); `batching="grouped"` batches only one version at a time and `batching="off"` answers one
+guilds' versions share a round, each row with its own adapter (`batch_generation.mixed_adapters`:
+the round's adapters stacked per LoRA layer, PEFT's `adapter_names` for kinds it does not cover); a
+base model loaded on a GPU first decodes a throwaway round, so `preload` absorbs the first-use
+costs; `batching="grouped"` batches only one version at a time and `batching="off"` answers one
 question per round (the server before batching, same decoding), both kept for the benchmark
 (bench/serve_concurrency.py).
 
@@ -36,6 +38,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 import warnings
 from collections import OrderedDict, deque
 from concurrent.futures import Future
@@ -391,6 +394,15 @@ class LocalServer:
             raise
         self._device = device
         self._load_error = None
+        if generation.warms_up(device):
+            from serving import batch_generation
+
+            started = time.perf_counter()
+            try:
+                batch_generation.warm_up(self._base, self._tokenizer, device)
+                log.info("warmed up the model on %s in %.2f s", device, time.perf_counter() - started)
+            except Exception:  # only a head start: a real round reports what is wrong, to its askers
+                log.exception("warming up the model on %s failed", device)
 
     def _ensure_adapter(self, version: ModelVersion, keep: frozenset[str] = frozenset()) -> str:
         """Load (or touch, for the LRU) the version's adapter; returns its adapter name. Adapters

@@ -6,6 +6,7 @@ These tests pin the structure (what is computed, how often, where the weights si
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from serving import batch_generation, generation
 from serving.local_server import LocalServer
 from test_local_server import QUESTION, answer, world  # noqa: F401  (fixture)
-from test_batched_serving import GREEDY, refs  # noqa: F401  (fixture)
+from test_batched_serving import GREEDY, ask_together, refs  # noqa: F401  (fixture)
 from tiny_model import tiny_tokenizer
 
 
@@ -130,3 +131,141 @@ async def test_answers_of_the_same_version_switch_the_adapter_once(world, refs):
         assert switches == ["v102", "v101"]  # v1 is active from its load on
     finally:
         await srv.close()
+
+
+def mixed_world(base: Path, root: Path):
+    """A PeftModel holding three plain LoRA adapters of different ranks and targets, in eval mode."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    shapes = {"a": (4, ["q_proj", "v_proj", "o_proj"]), "b": (8, "all-linear"), "c": (2, ["q_proj", "down_proj"])}
+    for seed, (name, (rank, targets)) in enumerate(shapes.items()):
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                               LoraConfig(r=rank, lora_alpha=3 * rank + 1, target_modules=targets, init_lora_weights=False))
+        model.save_pretrained(root / name)
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), root / "a", adapter_name="a")
+    for name in ("b", "c"):
+        peft.load_adapter(root / name, adapter_name=name)
+    return peft.eval()
+
+
+def test_stacked_lora_gives_each_row_what_peft_gives_it_and_leaves_the_model_as_it_was(world, tmp_path):
+    """Ranks, targets and scalings differ per adapter, and a row of the base model sits among them."""
+    peft = mixed_world(world["base"], tmp_path)
+    names = ["b", "__base__", "a", "c", "a"]
+    torch.manual_seed(5)
+    ids = torch.randint(5, 200, (len(names), 7))
+    with torch.inference_mode():
+        single = peft(input_ids=ids).logits
+        expected = peft(input_ids=ids, adapter_names=names).logits  # PEFT's own mixed batch
+        with batch_generation.mixed_adapters(peft, names) as extra:
+            assert extra == {}  # the stacked path, not PEFT's
+            stacked = peft(input_ids=ids).logits
+        after = peft(input_ids=ids).logits
+    assert torch.allclose(stacked, expected, atol=1e-5), (stacked - expected).abs().max()
+    assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the adapters really change the rows
+    assert torch.equal(after, single)  # hooks gone, the active adapter applies again
+    assert not any(module._forward_hooks for module in peft.modules())
+
+
+def test_a_stacked_mixed_step_costs_the_same_ops_for_two_adapters_as_for_three(world, tmp_path):
+    """PEFT's mixed batch runs ~10 ops and 3 host-to-device index copies per adapter per LoRA layer;
+    stacked adapters cost one fixed set of ops per layer, with no copy to the device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = self.to_device = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            if func in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten._to_copy.default):
+                self.to_device += 1
+            return func(*args, **(kwargs or {}))
+
+    peft = mixed_world(world["base"], tmp_path)
+    ids = torch.randint(5, 200, (3, 1))
+    counts = []
+    for names in (["a", "b", "a"], ["a", "b", "c"]):
+        with torch.inference_mode(), batch_generation.mixed_adapters(peft, names) as extra:
+            counter = Count()
+            with counter:
+                peft(input_ids=ids, **extra)
+        counts.append((counter.calls, counter.to_device))
+    assert counts[0] == counts[1], counts
+
+
+def test_adapters_the_stacked_path_does_not_cover_go_through_peft(world, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    peft = mixed_world(world["base"], tmp_path)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(world["base"]),
+                           LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, init_lora_weights=False))
+    model.save_pretrained(tmp_path / "dora")
+    peft.load_adapter(tmp_path / "dora", adapter_name="dora")
+    with batch_generation.mixed_adapters(peft, ["a", "b"]) as extra:
+        assert extra == {}
+    with batch_generation.mixed_adapters(peft, ["a", "dora"]) as extra:
+        assert extra == {"adapter_names": ["a", "dora"]}
+
+
+def test_decoding_on_cuda_leaves_out_cudnn_attention_and_restores_the_flags():
+    """cuDNN attention builds a plan per new shape, and decoding makes a new key length every step."""
+    from torch.backends import cuda
+
+    before = (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled())
+    with generation.decoding_attention("cuda:0"):
+        assert not cuda.cudnn_sdp_enabled()
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled() and cuda.math_sdp_enabled()
+    assert (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled()) == before
+    with generation.decoding_attention("cpu"):
+        assert cuda.cudnn_sdp_enabled() == before[0]  # nothing changes off the GPU
+
+
+async def test_a_round_of_several_versions_decodes_with_stacked_adapters(world, refs, monkeypatch):
+    seen: list[dict] = []
+    real = batch_generation.mixed_adapters
+
+    @contextlib.contextmanager
+    def spy(model, names):
+        with real(model, names) as extra:
+            seen.append(extra)
+            yield extra
+
+    monkeypatch.setattr(batch_generation, "mixed_adapters", spy)
+    v = world["versions"]
+    srv = LocalServer(str(world["base"]), device="cpu")
+    try:
+        for number in (1, 2):
+            await srv.publish(v[number])
+        results = await ask_together(srv, [(v[1], QUESTION), (v[2], QUESTION), (None, QUESTION)])
+    finally:
+        await srv.close()
+    assert results == [refs[1, 0], refs[2, 0], refs[None, 0]]
+    assert seen == [{}]
+
+
+async def test_a_gpu_server_decodes_a_throwaway_padded_round_when_the_base_loads(world, refs, monkeypatch):
+    """Once per base load (so `preload` at start pays the GPU's first-use costs), never per answer."""
+    rounds: list[list[int]] = []
+    real = batch_generation.generate_rows
+    monkeypatch.setattr(generation, "warms_up", lambda device: True)  # this CPU stands in for a GPU
+    monkeypatch.setattr(batch_generation, "generate_rows",
+                        lambda model, tok, rows, *a, **k: rounds.append([r.input_ids.shape[0] for r in rows])
+                        or real(model, tok, rows, *a, **k))
+    srv = LocalServer(str(world["base"]), device="cpu")
+    try:
+        await srv.preload(None)
+        assert len(rounds) == 1 and len(set(rounds[0])) == 2  # two rows of different lengths: padded
+        assert await answer(srv, None, GREEDY, QUESTION) == refs[None, 0]
+        assert await answer(srv, None, GREEDY, QUESTION) == refs[None, 0]
+        assert len(rounds) == 3
+    finally:
+        await srv.close()
+
+
+def test_only_a_gpu_warms_up():
+    assert generation.warms_up("cuda") and generation.warms_up("cuda:1") and not generation.warms_up("cpu")
