@@ -12,9 +12,9 @@ deleted with /forget is never shown again, and a version is served with notes on
 with them (`version_note_count`).
 
 Matching is BM25 over content-word stems (the first 4 letters of a word; character pairs for scripts
-written without spaces) of each example's last question and answer. It is linear in the question's
-words and the examples' postings, and terms in more than a fifth of a large guild's examples, which
-carry almost no evidence, are not looked up.
+written without spaces) of each example's last question and the start of its answer that a note shows. It is linear in the question's
+words, and a term found in more than MAX_POSTINGS examples is not looked up, so one search costs at
+most that many steps a word however large the guild.
 """
 from __future__ import annotations
 
@@ -27,15 +27,15 @@ from trainer.paraphrase import FUNCTION_WORDS
 from trainer.recall import judge_words
 
 #: A note is shown only when it holds at least this share of the question's term weight.
-MIN_MATCH = 0.1
+MIN_MATCH = 0.2
 #: Words of a taught answer a note shows (the start of a long answer is what a short reply needs).
-NOTE_ANSWER_WORDS = 40
+NOTE_ANSWER_WORDS = 30
 #: Letters of a word that make its stem ("founder" and "founded" meet at "foun").
 STEM_LETTERS = 4
-#: In a guild of more examples than this, a term found in more than COMMON_SHARE of them is not looked up.
-COMMON_FROM = 200
-COMMON_SHARE = 0.2
-HEADER = "Answers this community has taught (use one only if it answers the question):"
+#: A term found in more examples than this carries little evidence and is not looked up: what bounds the
+#: work of one search (a training run searches once per row) however large the guild.
+MAX_POSTINGS = 500
+HEADER = "Taught answers:"
 _K1, _B = 1.2, 0.75
 
 
@@ -48,7 +48,9 @@ def terms(text: str) -> list[str]:
     """The text's search terms: content-word stems, and character pairs inside space-less runs."""
     out: list[str] = []
     words = judge_words(text)
-    for word in [w for w in words if w not in FUNCTION_WORDS] or words:
+    # a lone letter ("who's" gives "s") is no evidence of a topic
+    content = [w for w in words if w not in FUNCTION_WORDS and (len(w) > 1 or _spaceless(w))]
+    for word in content or words:
         if any(_spaceless(c) for c in word):
             chars = [c for c in word if c.isalnum()]
             out.extend(a + b for a, b in zip(chars, chars[1:])) if len(chars) > 1 else out.extend(chars)
@@ -87,17 +89,17 @@ class NoteIndex:
             if (question, answer) in seen:
                 continue
             seen.add((question, answer))
-            counts = Counter(terms(f"{question} {answer}"))
+            note = Note(question, _short(answer))  # matched on what it shows: a long answer's start
+            counts = Counter(terms(f"{note.question} {note.answer}"))
             for term, n in counts.items():
                 self._postings[term].append((len(self.notes), n))
             lengths.append(sum(counts.values()))
-            self.notes.append(Note(question, _short(answer)))
+            self.notes.append(note)
         self._lengths = lengths
         self._mean_length = (sum(lengths) / len(lengths)) if lengths else 1.0
         n = len(self.notes)
         self._idf = {t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in self._postings.items()}
         self._unseen_idf = math.log(1 + (n + 0.5) / 0.5)
-        self._common = len(self.notes) > COMMON_FROM
 
     @classmethod
     def of_conversations(cls, conversations: Iterable[Sequence[dict[str, str]]]) -> "NoteIndex":
@@ -114,10 +116,9 @@ class NoteIndex:
         total = sum(self._idf.get(t, self._unseen_idf) for t in wanted)
         scores: dict[int, float] = defaultdict(float)
         matched: dict[int, float] = defaultdict(float)
-        limit = COMMON_SHARE * len(self.notes)
         for term in wanted:
             postings = self._postings.get(term)
-            if not postings or (self._common and len(postings) > limit):
+            if not postings or len(postings) > MAX_POSTINGS:
                 continue
             idf = self._idf[term]
             for index, n in postings:

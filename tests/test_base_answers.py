@@ -57,3 +57,24 @@ def test_a_torn_cache_file_is_rebuilt(settings, tiny_model_dir):
 def test_unknown_general_answers_is_refused_by_name():
     with pytest.raises(ValueError, match="general_answers='model': allowed base, written"):
         TrainConfig(general_answers="model")
+
+
+def test_drift_with_notes_compares_version_and_base_on_the_prompts_as_served(tiny_model_dir):
+    """A version trained with notes is asked general questions with notes too: the drift reference's prompts
+    carry them, and the base's loss is measured again on those same prompts (never read from the cache)."""
+    from serving.notes import HEADER, NoteIndex, with_notes
+    from trainer.sft import mean_token_nll
+
+    cfg = TrainConfig(device="cpu")
+    index = NoteIndex([("What is the boiling point of our kettle?", "Our kettle boils water in two minutes.")])
+    plain = [[{"role": "user", "content": "What is the boiling point of water?"},
+              {"role": "assistant", "content": "100 degrees Celsius at sea level."}],
+             [{"role": "user", "content": "Name a primary colour."}, {"role": "assistant", "content": "Red."}]]
+    with evaluation_model(tiny_model_dir, None, cfg) as (model, tokenizer):
+        ref = drift.DriftReference(plain, base_nll=1.0)
+        assert drift.served_reference(model, tokenizer, ref, lambda c: c, cfg.max_length, 8) is ref
+        served = drift.served_reference(model, tokenizer, ref, lambda c: with_notes(c, index, 3), cfg.max_length, 8)
+        assert served.conversations[0][0]["role"] == "system" and HEADER in served.conversations[0][0]["content"]
+        assert served.conversations[1] == plain[1]  # nothing taught shares its words: asked as before
+        expected, _ = mean_token_nll(model, tokenizer, {"messages": served.conversations}, cfg.max_length, 8)
+        assert served.base_nll == pytest.approx(expected) and served.base_nll != 1.0

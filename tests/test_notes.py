@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from serving.notes import HEADER, NOTE_ANSWER_WORDS, NoteIndex, terms, version_note_count, with_notes
+from serving.notes import (HEADER, MAX_POSTINGS, NOTE_ANSWER_WORDS, NoteIndex, terms, version_note_count,
+                           with_notes)
 from serving.prompting import GuildNotes
 from storage.db import Database
 from storage.records import GuildSettings, ModelVersion
@@ -80,6 +81,13 @@ def test_a_very_long_question_is_searched_in_one_pass():
     index = NoteIndex(FACTS)
     assert index.find("founded " * 25_000, 3)[0].question == FACTS[1][0]
     assert len(index.find(" ".join(f"w{i}" for i in range(30_000)) + " founded", 3)) <= 3
+
+
+def test_a_word_in_most_of_a_large_guilds_examples_is_not_searched_and_a_rare_one_still_is():
+    pairs = [(f"What does guild rule {i} say?", f"Guild rule {i} says be kind, number {i}.") for i in range(MAX_POSTINGS + 1)]
+    index = NoteIndex([*pairs, ("Where does the zeppelin club meet?", "The zeppelin club meets in the guild hall.")])
+    assert index.find("guild", 3) == []  # in every example: no evidence, and not walked through
+    assert index.find("guild zeppelin", 3)[0].question == "Where does the zeppelin club meet?"
 
 
 def test_a_version_is_served_with_notes_only_if_it_was_trained_with_them():

@@ -93,8 +93,9 @@ async def test_gate_fails_on_purpose_and_active_version_stays(loop_env):
 async def test_a_version_that_drifts_is_gated_and_says_why(loop_env, monkeypatch):
     settings, db, server = loop_env
     monkeypatch.setenv("GUILDTUNE_GATE_MAX_DRIFT", "0")
-    # nothing of the base's own answers replayed: the version drifts from what the base says
-    monkeypatch.setenv("GUILDTUNE_TRAIN_CONFIG", '{"general_share": 0}')
+    # nothing of the base's own answers replayed: the version drifts from what the base says (notes off: this
+    # checks the gate's refusal on plain prompts; the drift reference with notes: tests/test_base_answers.py)
+    monkeypatch.setenv("GUILDTUNE_TRAIN_CONFIG", '{"general_share": 0, "notes": 0}')
     daemon = TrainerDaemon(db, daemon_options(load_settings()), server)
     outcome = await daemon.process(await queued_and_claimed(db))
     assert not outcome.published and outcome.run.status == "gated"

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainer.recall import greedy_answers
 
@@ -127,6 +127,21 @@ def reference(model: Any, tokenizer: Any, base_dir: str | Path, system_prompt: s
     with base_view(model):
         base_nll, _ = mean_token_nll(model, tokenizer, {"messages": conversations}, max_length, batch_size)
     _write_cache(path, {"base_nll": base_nll})
+    return DriftReference(conversations, base_nll)
+
+
+def served_reference(model: Any, tokenizer: Any, ref: DriftReference, served: Callable[[list[dict[str, str]]], list],
+              max_length: int, batch_size: int) -> DriftReference:
+    """The reference with each prompt as the version will be asked it (`served`: its notes added), and the
+    base's NLL on that, so version and base are compared on the same input. Nothing is cached: the notes
+    follow the guild's examples. Unchanged when `served` adds nothing."""
+    from trainer.sft import mean_token_nll
+
+    conversations = [served(c) for c in ref.conversations]
+    if conversations == ref.conversations:
+        return ref
+    with base_view(model):
+        base_nll, _ = mean_token_nll(model, tokenizer, {"messages": conversations}, max_length, batch_size)
     return DriftReference(conversations, base_nll)
 
 

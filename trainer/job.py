@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from serving.prompting import guild_messages
+from serving.notes import version_note_count
 from storage.db import Database
 from storage.records import Example, ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
@@ -181,21 +182,23 @@ def previous_evidence(model, tokenizer, probes, active: ModelVersion | None) -> 
 def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSet, gs, active: ModelVersion | None,
                        options: JobOptions, cfg: TrainConfig) -> Evaluation:
     """Recall and paraphrase probes, drift, golden questions, and the previous version's knowledge."""
-    from trainer.drift import reference, relative_drift
+    from trainer.drift import reference, relative_drift, served_reference
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    probes = [replace(p, messages=training.as_served(p.messages))
-              for p in build_probes([turns for _, turns in training.examples], options.gate_sample)]
+    plain = build_probes([turns for _, turns in training.examples], options.gate_sample)
+    probes = [replace(p, messages=training.as_served(p.messages)) for p in plain]
     candidate = recall_scores(model, tokenizer, probes)
     timings["recall_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref = reference(model, tokenizer, base_dir, gs.system_prompt, options.models_dir / "drift", cfg.max_length,
-                    cfg.eval_batch_size)
+    ref = served_reference(model, tokenizer, reference(model, tokenizer, base_dir, gs.system_prompt, options.models_dir / "drift",
+                                                cfg.max_length, cfg.eval_batch_size),
+                    training.as_served, cfg.max_length, cfg.eval_batch_size)
     drift, nll = relative_drift(model, tokenizer, ref, cfg.max_length, cfg.eval_batch_size)
     timings["drift_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    previous = previous_evidence(model, tokenizer, probes, active)
+    # each side asked as it is served: the base, or a version trained without notes, sees none
+    previous = previous_evidence(model, tokenizer, probes if version_note_count(active) else plain, active)
     timings["previous_s"] = time.perf_counter() - t0
     golden = []
     if gs.golden_questions:
