@@ -28,8 +28,10 @@ from trainer.recall import judge_words
 
 #: A note is shown only when it holds at least this share of the question's term weight.
 MIN_MATCH = 0.2
-#: Words of a taught answer a note shows (the start of a long answer is what a short reply needs).
-NOTE_ANSWER_WORDS = 30
+#: Words of a taught question, and of its answer, that a note shows: the start of a long answer is what a
+#: short reply needs, and a long question (a pasted text) is found by its start; it keeps a big import's
+#: rows from doubling in length.
+NOTE_WORDS = 30
 #: Letters of a word that make its stem ("founder" and "founded" meet at "foun").
 STEM_LETTERS = 4
 #: A term found in more examples than this carries little evidence and is not looked up: what bounds the
@@ -65,9 +67,9 @@ class Note:
     answer: str
 
 
-def _short(answer: str) -> str:
-    words = answer.split()
-    return answer.strip() if len(words) <= NOTE_ANSWER_WORDS else " ".join(words[:NOTE_ANSWER_WORDS]) + " …"
+def _short(text: str) -> str:
+    words = text.split()
+    return text.strip() if len(words) <= NOTE_WORDS else " ".join(words[:NOTE_WORDS]) + " …"
 
 
 def last_exchange(turns: Sequence[dict[str, str]]) -> tuple[str, str] | None:
@@ -89,7 +91,7 @@ class NoteIndex:
             if (question, answer) in seen:
                 continue
             seen.add((question, answer))
-            note = Note(question, _short(answer))  # matched on what it shows: a long answer's start
+            note = Note(_short(question), _short(answer))  # matched on what it shows
             counts = Counter(terms(f"{note.question} {note.answer}"))
             for term, n in counts.items():
                 self._postings[term].append((len(self.notes), n))

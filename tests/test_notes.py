@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from serving.notes import (HEADER, MAX_POSTINGS, NOTE_ANSWER_WORDS, NoteIndex, terms, version_note_count,
+from serving.notes import (HEADER, MAX_POSTINGS, NOTE_WORDS, NoteIndex, terms, version_note_count,
                            with_notes)
 from serving.prompting import GuildNotes
 from storage.db import Database
@@ -65,9 +65,9 @@ def test_notes_join_the_guilds_system_prompt_or_make_one():
 
 
 def test_a_long_answer_is_shown_by_its_start_and_marked_as_shortened():
-    long_answer = " ".join(f"word{i}" for i in range(NOTE_ANSWER_WORDS + 30))
+    long_answer = " ".join(f"word{i}" for i in range(NOTE_WORDS + 30))
     note = NoteIndex([("How does the long rule go?", long_answer)]).find("the long rule?", 1)[0]
-    assert note.answer.endswith(" …") and len(note.answer.split()) == NOTE_ANSWER_WORDS + 1
+    assert note.answer.endswith(" …") and len(note.answer.split()) == NOTE_WORDS + 1
 
 
 def test_text_written_without_spaces_is_matched_by_character_pairs():
