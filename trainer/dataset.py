@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from importlib.resources import files
 from itertools import zip_longest
@@ -221,7 +222,12 @@ def build_training_set(examples: Iterable[tuple[int, Sequence[dict]]], system_pr
     n_general = 0
     if general and general_share > 0:
         n_general = min(round(general_share * len(rows) / (1 - general_share)), len(general) * max(1, passes))
-        rows.extend((GENERAL_ROW_ID, with_system_prompt(list(general[i % len(general)]), system_prompt), "general")
+        # in a fixed shuffled order, so a run that needs fewer rows than the mix holds still samples all of it
+        # (the first rows alone would leave out whatever kind of instruction the file lists last)
+        order = list(range(len(general)))
+        random.Random(0).shuffle(order)
+        rows.extend((GENERAL_ROW_ID, with_system_prompt(list(general[order[i % len(general)]]), system_prompt),
+                     "general")
                     for i in range(n_general))
     index = NoteIndex.of_conversations(turns for _, turns in kept) if notes > 0 else None
     if index is not None:
