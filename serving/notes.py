@@ -12,9 +12,9 @@ deleted with /forget is never shown again, and a version is served with notes on
 with them (`version_note_count`).
 
 Matching is BM25 over content-word stems (the first 4 letters of a word; character pairs for scripts
-written without spaces) of each example's last question and the start of its answer that a note shows. It is linear in the question's
-words, and a term found in more than MAX_POSTINGS examples is not looked up, so one search costs at
-most that many steps a word however large the guild.
+written without spaces) of what a note shows: the start of each example's last question and answer.
+It is linear in the question's words, and a term found in more than MAX_POSTINGS examples is not
+looked up, so one search costs at most that many steps a word however large the guild.
 """
 from __future__ import annotations
 

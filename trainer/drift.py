@@ -130,8 +130,9 @@ def reference(model: Any, tokenizer: Any, base_dir: str | Path, system_prompt: s
     return DriftReference(conversations, base_nll)
 
 
-def served_reference(model: Any, tokenizer: Any, ref: DriftReference, served: Callable[[list[dict[str, str]]], list],
-              max_length: int, batch_size: int) -> DriftReference:
+def served_reference(model: Any, tokenizer: Any, ref: DriftReference,
+                     served: Callable[[list[dict[str, str]]], list], max_length: int, batch_size: int
+                     ) -> DriftReference:
     """The reference with each prompt as the version will be asked it (`served`: its notes added), and the
     base's NLL on that, so version and base are compared on the same input. Nothing is cached: the notes
     follow the guild's examples. Unchanged when `served` adds nothing."""

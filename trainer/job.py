@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from serving.prompting import guild_messages
 from serving.notes import version_note_count
+from serving.prompting import guild_messages
 from storage.db import Database
 from storage.records import Example, ModelVersion, TrainingRun
 from trainer.base_model import resolve_base_model
@@ -191,9 +191,9 @@ def evaluate_candidate(model, tokenizer, *, base_dir: Path, training: TrainingSe
     candidate = recall_scores(model, tokenizer, probes)
     timings["recall_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref = served_reference(model, tokenizer, reference(model, tokenizer, base_dir, gs.system_prompt, options.models_dir / "drift",
-                                                cfg.max_length, cfg.eval_batch_size),
-                    training.as_served, cfg.max_length, cfg.eval_batch_size)
+    plain_ref = reference(model, tokenizer, base_dir, gs.system_prompt, options.models_dir / "drift", cfg.max_length,
+                          cfg.eval_batch_size)
+    ref = served_reference(model, tokenizer, plain_ref, training.as_served, cfg.max_length, cfg.eval_batch_size)
     drift, nll = relative_drift(model, tokenizer, ref, cfg.max_length, cfg.eval_batch_size)
     timings["drift_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
