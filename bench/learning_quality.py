@@ -94,7 +94,7 @@ def recall(facts: list[dict], taught: list[str], para: list[list[str]]) -> dict:
             "taught_known": sum(taught_ok), "paraphrases_known": sum(flat), "paraphrases_asked": len(flat),
             "misses": [f["question"] for f, ok in zip(facts, taught_ok) if not ok][:10],
             "paraphrase_misses": [[q, a] for f, answers, oks in zip(facts, para, para_ok)
-                                  for q, a, ok in zip(f["paraphrases"], answers, oks) if not ok][:24]}
+                                  for q, a, ok in zip(f["paraphrases"], answers, oks) if not ok]}
 
 
 async def answers_of(server, notes, version, gs, facts):

@@ -26,8 +26,10 @@ from typing import Any, Iterable, Sequence
 from trainer.paraphrase import FUNCTION_WORDS
 from trainer.recall import judge_words
 
-#: A note is shown only when it holds at least this share of the question's term weight.
-MIN_MATCH = 0.2
+#: Notes are shown only when one of them holds at least this share of the question's term weight; then the
+#: best `count` are shown, the others sharing any term with it: a question asked in other words often finds
+#: its fact second or third, by fewer of its words (bench/RESULTS.md, "Session 9").
+MIN_MATCH = 0.15
 #: Words of a taught question, and of its answer, that a note shows: the start of a long answer is what a
 #: short reply needs, and a long question (a pasted text) is found by its start; it keeps a big import's
 #: rows from doubling in length.
@@ -111,7 +113,8 @@ class NoteIndex:
         return len(self.notes)
 
     def find(self, question: str, count: int) -> list[Note]:
-        """Up to `count` notes for `question`, best first, each matching at least MIN_MATCH of its terms."""
+        """Up to `count` notes for `question`, best first, when one of them matches at least MIN_MATCH of its
+        terms; none otherwise."""
         wanted = set(terms(question))
         if count <= 0 or not wanted or not self.notes:
             return []
@@ -128,7 +131,9 @@ class NoteIndex:
                 scores[index] += idf * n * (_K1 + 1) / (n + norm)
                 matched[index] += idf
         ranked = sorted(scores, key=lambda i: (-scores[i], i))
-        return [self.notes[i] for i in ranked if matched[i] >= MIN_MATCH * total][:count]
+        if not any(matched[i] >= MIN_MATCH * total for i in ranked):
+            return []
+        return [self.notes[i] for i in ranked[:count]]
 
 
 def notes_block(notes: Sequence[Note]) -> str:

@@ -143,3 +143,10 @@ def test_a_liked_answer_is_taught_and_a_disliked_one_supersedes_what_it_matches(
     assert "1 liked answer(s) from votes taught" in training.note and "voted down" in training.note
     # without votes nothing changes
     assert training_rows(examples, SimpleNamespace(system_prompt="sys"), cfg, []).example_ids == [1, 2]
+
+
+def test_some_training_phrasings_keep_only_part_of_the_question_or_add_words_of_their_own():
+    q = "When is the weekly board-game night?"
+    variants = training_variants(q, len(TRAINING_FORMS), "k")
+    assert "when weekly board-game?" in variants and "when board-game night?" in variants
+    assert any(v.endswith(": when is the weekly board-game night?") and len(v) > len(q) + 10 for v in variants)

@@ -52,6 +52,15 @@ def test_a_question_sharing_no_word_gets_no_note_and_the_messages_stay_as_they_w
     assert NoteIndex([]).find("Who founded it?", 3) == []
 
 
+def test_once_one_note_matches_well_the_next_best_are_shown_even_if_they_share_fewer_words():
+    # "night" alone is a small share of the question; the first note holds most of it
+    index = NoteIndex(FACTS + [("Is the workshop open at night?", "The workshop closes at 10 pm.")])
+    found = index.find("which weekly night is the board-game one?", 3)
+    assert [n.question for n in found] == [FACTS[0][0], "Is the workshop open at night?"]
+    # the same weak match alone shows nothing: the question is not about anything taught
+    assert index.find("what do owls eat at night?", 3) == []
+
+
 def test_notes_join_the_guilds_system_prompt_or_make_one():
     index = NoteIndex(FACTS)
     asked = [{"role": "system", "content": "You are the makers' bot."},

@@ -64,8 +64,7 @@ def _keyword_question(question: str) -> str:
 
 def _without_function_words(question: str) -> str:
     words = _words(_core(question))
-    kept = [w for w in words if w.casefold() not in FUNCTION_WORDS or w.casefold() in ("what", "when", "where",
-                                                                                         "who", "which", "how")]
+    kept = [w for w in words if w.casefold() not in FUNCTION_WORDS or w.casefold() in _QUESTION_WORDS]
     return " ".join(kept or words) + "?"
 
 
@@ -73,9 +72,33 @@ def _rotated(question: str) -> str:
     """Content words first, the question word after: 'board-game night weekly, when?'."""
     words = keywords(question)
     lead = _words(question)[:1]
-    tail = lead[0].casefold() if lead and lead[0].casefold() in ("what", "when", "where", "who", "which", "how") \
-        else "what"
+    tail = lead[0].casefold() if lead and lead[0].casefold() in _QUESTION_WORDS else "what"
     return " ".join(words) + f", {tail}?"
+
+
+_QUESTION_WORDS = ("what", "when", "where", "who", "which", "how")
+
+
+def _partial(question: str, head: bool) -> str:
+    """The question word and half of the content words (the first or the last half): a member's question
+    often shares only some words with the taught one, and a version trained only on questions that share
+    them all answers from its notes only when the words all match (bench/RESULTS.md, "Session 9")."""
+    words = keywords(question)
+    half = (len(words) + 1) // 2
+    kept = words[:half] if head else words[-half:]
+    lead = _words(question)[:1]
+    word = lead[0].casefold() if lead and lead[0].casefold() in _QUESTION_WORDS else "what"
+    return f"{word} {' '.join(kept)}?"
+
+
+#: Openings with words of their own, so a trained question is not always made of the taught one's words.
+_PREAMBLES = ("I'm new to the server and wondering", "My friend keeps asking me and I never know",
+              "Before I head over tonight, one thing", "I looked around the channels but couldn't find it")
+
+
+def _with_preamble(question: str) -> str:
+    opening = _PREAMBLES[len(_core(question)) % len(_PREAMBLES)]
+    return f"{opening}: {_lower_first(_core(question))}?"
 
 
 # Each form maps a question to another phrasing of it. The training and probe families are disjoint.
@@ -88,6 +111,10 @@ TRAINING_FORMS = (
     lambda q: f"{_clean(q)} Thanks!",
     _rotated,
     lambda q: f"I forgot, {_lower_first(_core(q))}?",
+    lambda q: _partial(q, head=True),
+    lambda q: _partial(q, head=False),
+    _with_preamble,
+    lambda q: f"{_PREAMBLES[len(q) % len(_PREAMBLES)]}: {_partial(q, head=len(q) % 2 == 0)}",
 )
 
 PROBE_FORMS = (
