@@ -162,7 +162,7 @@ def previous_evidence(model, tokenizer, probes, active: ModelVersion | None) -> 
 
     if active is None:
         with base_view(model):
-            return evidence_of(recall_scores(model, tokenizer, probes))
+            return evidence_of(recall_scores(model, tokenizer, probes, taught=False))
     recorded = Evidence.from_metrics(active.metrics)
     if recorded is not None:
         return recorded

@@ -168,10 +168,86 @@ def greedy_answers(model: Any, tokenizer: Any, conversations: Sequence[list[dict
     return answers
 
 
-def recall_scores(model: Any, tokenizer: Any, probes: Sequence[Probe], batch_size: int = 64) -> RecallScores:
-    """Ask `model` every probe greedily and judge the answers."""
+def reproduced_answers(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, str]]],
+                       references: Sequence[str], max_new_tokens: Sequence[int], batch_size: int = 64
+                       ) -> list[str | None]:
+    """Each conversation's greedy answer where that answer is its reference, found without decoding; else None.
+
+    Greedy decoding is deterministic: when the model, fed the reference after the prompt, ranks the reference's
+    next token first at every position (and then a stop token, unless the budget ends first), greedy decoding
+    writes exactly the reference. One forward pass over prompt + reference checks that, where decoding takes a
+    pass per token: a trained candidate's right answers cost the price of their prompt (60 probes with notes
+    on the CPU: bench/RESULTS.md "Session 10"). Rows are left-padded so every prompt ends in the same column
+    and only the answer's positions are projected.
+    """
+    import torch
+
+    from serving.chat_encoding import encode_chat
+    from serving.generation import stop_token_ids
+    from trainer.sft import EVAL_LOGITS_BUDGET
+
+    stops = set(stop_token_ids(tokenizer, model))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    vocab = model.config.get_text_config().vocab_size
+    rows = []  # (index, prompt ids, the tokens greedy decoding must write, the answer's tokens)
+    for i, (conversation, reference, budget) in enumerate(zip(conversations, references, max_new_tokens, strict=True)):
+        prompt = encode_chat(tokenizer, list(conversation), add_generation_prompt=True).input_ids
+        full = encode_chat(tokenizer, [*conversation, {"role": "assistant", "content": reference}]).input_ids
+        after = full[len(prompt):]
+        end = next((j for j, t in enumerate(after) if t in stops), None)
+        if full[:len(prompt)] != prompt or end is None or end == 0:
+            continue
+        answer = after[:min(end, budget)]
+        rows.append((i, prompt, after[:end + 1] if end < budget else answer, answer))
+    rows.sort(key=lambda r: len(r[1]))
+    per_batch = max(1, min(batch_size, EVAL_LOGITS_BUDGET // ((MAX_PROBE_TOKENS + 1) * vocab * 4)))
+    found: list[str | None] = [None] * len(conversations)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(rows), per_batch):
+            batch = rows[start:start + per_batch]
+            width_prompt = max(len(r[1]) for r in batch)
+            checked = max(len(r[2]) for r in batch)
+            ids = torch.full((len(batch), width_prompt + checked - 1), pad, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            for b, (_, prompt, want, _) in enumerate(batch):
+                fed = prompt + want[:-1]
+                at = width_prompt - len(prompt)
+                ids[b, at:at + len(fed)] = torch.tensor(fed)
+                attention[b, at:at + len(fed)] = 1
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = model(input_ids=ids.to(device), attention_mask=attention.to(device),
+                               position_ids=positions.to(device),
+                               logits_to_keep=torch.arange(width_prompt - 1, width_prompt - 1 + checked,
+                                                           device=device)).logits
+            ranked_first = logits.argmax(-1).tolist()
+            for b, (i, _, want, answer) in enumerate(batch):
+                guess = ranked_first[b][:len(want)]
+                if guess[:len(answer)] == answer and (len(want) == len(answer) or guess[-1] in stops):
+                    found[i] = tokenizer.decode(answer, skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return found
+
+
+def recall_scores(model: Any, tokenizer: Any, probes: Sequence[Probe], batch_size: int = 64, *,
+                  taught: bool = True) -> RecallScores:
+    """Ask `model` every probe greedily and judge the answers. A model that was `taught` these answers (a
+    candidate, a version) has those it writes as taught found in one pass (`reproduced_answers`); the base,
+    never taught them, is only decoded."""
     if not probes:
         return RecallScores({}, {})
     budgets = [probe_token_budget(tokenizer, p.reference) for p in probes]
-    answers = greedy_answers(model, tokenizer, [p.messages for p in probes], budgets, batch_size)
+    answers: list[str | None] = [None] * len(probes)
+    if taught:
+        answers = reproduced_answers(model, tokenizer, [p.messages for p in probes], [p.reference for p in probes],
+                                     budgets, batch_size)
+    left = [i for i, a in enumerate(answers) if a is None]
+    decoded = greedy_answers(model, tokenizer, [probes[i].messages for i in left], [budgets[i] for i in left],
+                             batch_size)
+    for i, answer in zip(left, decoded):
+        answers[i] = answer
     return score(probes, answers)

@@ -37,6 +37,10 @@ ProgressFn = Callable[[int, int, "float | None", "float | None"], None]
 EvaluateFn = Callable[[Any, Any], Any]
 #: Upper bound on the logits one eval forward pass may hold (bytes); batches are sized to fit.
 EVAL_LOGITS_BUDGET = 512 * 2**20
+#: The attention kernel every version is judged with: the one the in-process server answers with (transformers'
+#: default), so the gate hears what /ask says. Gemma trains with the eager kernel; on the CPU SDPA also generates
+#: the gate's answers faster (60 probes with notes: 42 s against 70 s, bench/RESULTS.md "Session 10").
+EVAL_ATTENTION = "sdpa"
 
 
 @dataclass
@@ -354,7 +358,7 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
         return result
     if evaluate is not None:
         with timed(phases, "candidate_eval_s"):
-            if _evaluates_as_trained(prepared, cfg, base_model_dir):
+            if _evaluates_as_trained(prepared):
                 result.evaluation = evaluate(prepared.trainer.model, prepared.tokenizer)
             else:
                 del prepared  # the trained copy leaves memory before the evaluation copy loads
@@ -402,18 +406,28 @@ def _save(prepared: PreparedRun, cfg: TrainConfig, output_dir: Path, scratch: Pa
         scratch.rmdir()
 
 
-def _evaluates_as_trained(prepared: PreparedRun, cfg: TrainConfig, base_model_dir: str | Path) -> bool:
-    """Whether the in-memory model measures as a freshly loaded one would (the gate's one yardstick).
+def _evaluates_as_trained(prepared: PreparedRun) -> bool:
+    """Whether the in-memory model measures as a freshly loaded one would (the gate's one yardstick), once on
+    the kernel versions are judged with (`EVAL_ATTENTION`, switched to here).
 
-    Not after training on a 4-bit base, with compiled blocks (new shapes would recompile), sharded
-    (FSDP), or with another attention kernel. The packed-row kernel hands padded batches to SDPA, so it evaluates as SDPA.
+    Not after training on a 4-bit base, with compiled blocks (new shapes would recompile), sharded (FSDP), or
+    when the model cannot change its attention kernel. The packed-row kernel hands padded batches to SDPA, so it
+    evaluates as SDPA.
     """
     from trainer.packing import ATTN_IMPLEMENTATION
 
     plan = prepared.plan
-    trained_attn = "sdpa" if plan.attn_implementation == ATTN_IMPLEMENTATION else plan.attn_implementation
-    return (not plan.qlora and not plan.compile and not distributed.current().fsdp
-            and trained_attn == _eval_plan(cfg, base_model_dir).attn_implementation)
+    if plan.qlora or plan.compile or distributed.current().fsdp:
+        return False
+    model = prepared.trainer.model
+    if plan.attn_implementation in (ATTN_IMPLEMENTATION, EVAL_ATTENTION):
+        return True
+    try:
+        model.set_attn_implementation(EVAL_ATTENTION)
+    except (ValueError, ImportError) as exc:
+        log.info("evaluating a fresh copy: the trained model cannot switch to %s attention (%s)", EVAL_ATTENTION, exc)
+        return False
+    return model.config._attn_implementation == EVAL_ATTENTION
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -471,8 +485,9 @@ def mean_token_nll(model, tokenizer, ds: "Dataset", max_length: int, batch_size:
 
 
 def _eval_plan(cfg: TrainConfig, base_model_dir: str | Path) -> Plan:
-    """How every version is evaluated: unquantized base in the machine's dtype, the default attention."""
-    return plan_for(base_model_dir, cfg.with_overrides(qlora="off", gradient_checkpointing="off", packing="off"))
+    """How every version is evaluated: unquantized base in the machine's dtype, the servers' attention."""
+    return plan_for(base_model_dir, cfg.with_overrides(qlora="off", gradient_checkpointing="off", packing="off",
+                                                       attn_implementation=EVAL_ATTENTION))
 
 
 @contextmanager
