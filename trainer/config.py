@@ -35,9 +35,11 @@ class TrainConfig:
         "help": "Rank-stabilised LoRA (scale alpha/sqrt(r)); helps at high ranks."})
 
     # --- how long ------------------------------------------------------------------------------
-    target_steps: int = field(default=135, metadata={
+    target_steps: int = field(default=45, metadata={
         "help": "Optimizer steps to aim at: the number of passes whose steps come nearest to it, then bounded by "
-                "min_epochs/max_epochs. Small datasets get more passes (48 facts: 6), large ones fewer (1,000 rows: 1)."})
+                "min_epochs/max_epochs. Small datasets get more passes (30 facts: 3), large ones fewer (1,000 rows: 1). "
+                "45 keeps 30 facts under 5 minutes on a 2-core CPU; with notes, more passes bought little "
+                "(bench/RESULTS.md, 'Session 10')."})
     min_epochs: int = field(default=1, metadata={"help": "At least this many passes over the training split."})
     max_epochs: int = field(default=30, metadata={
         "help": "At most this many passes (stops a handful of examples from being memorised for hours)."})
@@ -104,7 +106,7 @@ class TrainConfig:
         "help": "Pad batches to a multiple of this many tokens (static shapes for compiled kernels)."})
 
     # --- what is learned (trainer/dataset.py) ---------------------------------------------------
-    paraphrase_share: float = field(default=0.5, metadata={
+    paraphrase_share: float = field(default=0.67, metadata={
         "help": "Share of each example's copies (one per pass) whose question is asked in other words "
                 "(trainer/paraphrase.py): ties the answer to what is asked, not to one wording."})
     base_rewordings: int = field(default=0, metadata={
@@ -116,7 +118,7 @@ class TrainConfig:
         "help": "Taught answers shown beside each question, found by its words (serving/notes.py), in training "
                 "and in serving alike: a member who asks in other words still gets the taught answer. 0 turns "
                 "it off (a version is served as it was trained)."})
-    general_share: float = field(default=0.15, metadata={
+    general_share: float = field(default=0.33, metadata={
         "help": "Share of the rows taken from the shipped general instructions (trainer/data/), so learning "
                 "the community's facts does not wreck the model's other answers. 0 turns it off."})
     general_answers: Literal["base", "written"] = field(default="base", metadata={
