@@ -178,7 +178,8 @@ def reproduced_answers(model: Any, tokenizer: Any, conversations: Sequence[list[
     writes exactly the reference. One forward pass over prompt + reference checks that, where decoding takes a
     pass per token: a trained candidate's right answers cost the price of their prompt (60 probes with notes
     on the CPU: bench/RESULTS.md "Session 10"). Rows are left-padded so every prompt ends in the same column
-    and only the answer's positions are projected.
+    and only the answer's positions are projected. One pass and a decode loop round alike, so they agree up to
+    near-ties in the machine's dtype, as any two batchings of the same questions do.
     """
     import torch
 

@@ -39,7 +39,7 @@ EvaluateFn = Callable[[Any, Any], Any]
 EVAL_LOGITS_BUDGET = 512 * 2**20
 #: The attention kernel every version is judged with: the one the in-process server answers with (transformers'
 #: default), so the gate hears what /ask says. Gemma trains with the eager kernel; on the CPU SDPA also generates
-#: the gate's answers faster (60 probes with notes: 42 s against 70 s, bench/RESULTS.md "Session 10").
+#: the gate's answers faster (60 probes with notes: 42 s against 54-70 s, bench/RESULTS.md "Session 10").
 EVAL_ATTENTION = "sdpa"
 
 
