@@ -138,10 +138,10 @@ def test_eval_loss_with_and_without_adapter(trained, tiny_model_dir, split):
 
 def test_cancel_stops_the_run_and_writes_no_adapter(tiny_model_dir, split, tmp_path):
     seen = []
-    result = run_sft(tiny_model_dir, split.train, tiny_cfg(len(split.train), max_steps=50),
+    result = run_sft(tiny_model_dir, split.train, tiny_cfg(len(split.train), max_steps=30),
                      tmp_path / "out", on_progress=lambda *a: seen.append(a[0]),
                      should_cancel=lambda: len(seen) >= 2)
-    assert result.cancelled and result.steps == 2 and result.total_steps == 50
+    assert result.cancelled and result.steps == 2 and result.total_steps == 30
     assert not any((tmp_path / "out").iterdir())
     assert run_sft(tiny_model_dir, split.train, tiny_cfg(10), tmp_path / "o2",
                    should_cancel=lambda: True).steps == 0
@@ -159,13 +159,14 @@ def test_steps_scale_with_dataset_size():
     # small splits: the smallest batch (more steps per pass); large ones full batches
     assert TrainConfig.for_dataset(1).per_device_batch_size == 1
     assert TrainConfig.for_dataset(30).per_device_batch_size == 2
-    assert TrainConfig.for_dataset(300).per_device_batch_size == 3
+    assert TrainConfig.for_dataset(300).per_device_batch_size == 7
     assert TrainConfig.for_dataset(3000).per_device_batch_size == 8
     assert TrainConfig.for_dataset(30, per_device_batch_size=4).per_device_batch_size == 4
     # the passes whose steps come nearest the target: a small guild's facts get several, a large import one
-    assert TrainConfig.for_dataset(48).epochs(48) == 6  # 24 steps a pass; 6 passes measured best on the 270M
-    assert TrainConfig.for_dataset(1000).epochs(1000) == 1  # 125 steps a pass: 125 is nearer 135 than 250 is
-    assert TrainConfig(per_device_batch_size=8).epochs(700) == 2  # 88 steps a pass: 176 is nearer than 88
+    assert TrainConfig.for_dataset(30).epochs(30) == 3  # 15 steps a pass: 30 facts in under 5 CPU minutes
+    assert TrainConfig.for_dataset(48).epochs(48) == 2  # 24 steps a pass: 48 is nearer 45 than 24 is
+    assert TrainConfig.for_dataset(1000).epochs(1000) == 1  # 125 steps a pass, at least one pass
+    assert TrainConfig(per_device_batch_size=8).epochs(400) == 1  # 50 steps a pass: 50 is nearer than 100
 
 
 def test_bad_config_names_each_problem():
