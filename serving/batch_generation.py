@@ -146,7 +146,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[Row], options: Generati
         raise ValueError("generate_rows needs at least one row")
     if adapter_names is not None and len(adapter_names) != len(rows):
         raise ValueError("adapter_names needs one name per row")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = generation.pad_token_id(tokenizer)
     device = rows[0].input_ids.device
     width = max(row.input_ids.shape[0] for row in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)

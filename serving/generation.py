@@ -227,6 +227,11 @@ def check_fits(model: Any, prompt_tokens: int, max_tokens: int) -> None:
         )
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id batched prompts are padded with: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
     """EOS plus Gemma's `<end_of_turn>` (and any EOS the model's generation config names)."""
     ids: list[int] = []

@@ -135,12 +135,12 @@ def greedy_answers(model: Any, tokenizer: Any, conversations: Sequence[list[dict
     """
     import torch
 
-    from serving.generation import render_prompt, stop_token_ids
+    from serving.generation import pad_token_id, render_prompt, stop_token_ids
 
     device = next(model.parameters()).device
     prompts = [render_prompt(tokenizer, list(c), "cpu")["input_ids"][0].tolist() for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: (max_new_tokens[i], len(prompts[i])))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     stops = stop_token_ids(tokenizer, model)
     answers = [""] * len(prompts)
     was_training = model.training
@@ -184,11 +184,11 @@ def reproduced_answers(model: Any, tokenizer: Any, conversations: Sequence[list[
     import torch
 
     from serving.chat_encoding import encode_chat
-    from serving.generation import stop_token_ids
+    from serving.generation import pad_token_id, stop_token_ids
     from trainer.sft import EVAL_LOGITS_BUDGET
 
     stops = set(stop_token_ids(tokenizer, model))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     vocab = model.config.get_text_config().vocab_size
     rows = []  # (index, prompt ids, the tokens greedy decoding must write, the answer's tokens)

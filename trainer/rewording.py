@@ -89,12 +89,14 @@ def reword(model: Any, tokenizer: Any, questions: Sequence[str], n: int, seed: i
     """Up to `n` accepted rewordings of each question (sampled, seeded), different from each other."""
     import torch
 
+    from serving.generation import pad_token_id
+
     device = next(model.parameters()).device
     unique = list(dict.fromkeys(questions))
     # a rewording is one line: stop at any token holding a line break ("?\n\n" is one token in Gemma's vocabulary)
     stops = [i for token, i in tokenizer.get_vocab().items() if "\n" in token]
     stops += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     samples = n + 1  # some samples fail `accepted` on a small base
     out: dict[str, list[str]] = {q: [] for q in unique}
     torch.manual_seed(seed)

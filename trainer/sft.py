@@ -358,7 +358,7 @@ def run_sft(base_model_dir: str | Path, train_ds: "Dataset", cfg: TrainConfig, o
         return result
     if evaluate is not None:
         with timed(phases, "candidate_eval_s"):
-            if _evaluates_as_trained(prepared):
+            if _evaluates_in_memory(prepared) and _switch_to_eval_attention(prepared):
                 result.evaluation = evaluate(prepared.trainer.model, prepared.tokenizer)
             else:
                 del prepared  # the trained copy leaves memory before the evaluation copy loads
@@ -406,22 +406,21 @@ def _save(prepared: PreparedRun, cfg: TrainConfig, output_dir: Path, scratch: Pa
         scratch.rmdir()
 
 
-def _evaluates_as_trained(prepared: PreparedRun) -> bool:
-    """Whether the in-memory model measures as a freshly loaded one would (the gate's one yardstick), once on
-    the kernel versions are judged with (`EVAL_ATTENTION`, switched to here).
+def _evaluates_in_memory(prepared: PreparedRun) -> bool:
+    """Whether the in-memory model measures as a freshly loaded one would (the gate's one yardstick): not after
+    training on a 4-bit base, with compiled blocks (new shapes would recompile) or sharded (FSDP)."""
+    plan = prepared.plan
+    return not (plan.qlora or plan.compile or distributed.current().fsdp)
 
-    Not after training on a 4-bit base, with compiled blocks (new shapes would recompile), sharded (FSDP), or
-    when the model cannot change its attention kernel. The packed-row kernel hands padded batches to SDPA, so it
-    evaluates as SDPA.
-    """
+
+def _switch_to_eval_attention(prepared: PreparedRun) -> bool:
+    """Put the trained model on the kernel versions are judged with (`EVAL_ATTENTION`); False if it cannot
+    change kernel. The packed-row kernel hands padded batches to SDPA, so it evaluates as SDPA already."""
     from trainer.packing import ATTN_IMPLEMENTATION
 
-    plan = prepared.plan
-    if plan.qlora or plan.compile or distributed.current().fsdp:
-        return False
-    model = prepared.trainer.model
-    if plan.attn_implementation in (ATTN_IMPLEMENTATION, EVAL_ATTENTION):
+    if prepared.plan.attn_implementation in (ATTN_IMPLEMENTATION, EVAL_ATTENTION):
         return True
+    model = prepared.trainer.model
     try:
         model.set_attn_implementation(EVAL_ATTENTION)
     except (ValueError, ImportError) as exc:
